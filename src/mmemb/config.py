@@ -1,0 +1,153 @@
+"""One typed config tree. Every field has help text (`field(metadata={"help": ...})`).
+
+`EmbedderConfig` holds every setting that changes inference; it is saved as `embedder_config.json` beside
+the weights, so `from_pretrained` needs nothing else. `from_dict` is strict: an unknown key or a wrong type
+is an error that names the key, never a silent default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .types import InputError
+
+CONFIG_VERSION = 1
+
+
+def _f(default: Any, help: str) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class BackboneConfig:
+    kind: str = _f("nano", "Backbone implementation: 'nano' (embedded default) or 'hf' (Qwen-VL family).")
+    source: str = _f("", "hf: hub id or local folder of an image-text-to-text model. nano: unused.")
+    family: str = _f(
+        "", "hf: model family (qwen2_vl, qwen2_5_vl, qwen3_vl); read from the model config if empty."
+    )
+    dtype: str = _f("float32", "Weights and compute dtype: float32 | bfloat16 | float16.")
+    max_length: int = _f(2048, "Longest prompt in tokens (text + visual tokens); longer inputs are an error.")
+    num_frames: int = _f(8, "Video: frames sampled uniformly per clip.")
+    max_image_pixels: int = _f(
+        40_000_000, "Refuse images with more pixels than this (decompression-bomb guard)."
+    )
+    # nano only
+    visual_tokens: int = _f(
+        4, "nano: visual tokens per image (a square number: the 7x7 map is pooled to it)."
+    )
+    image_size: int = _f(224, "nano: vision encoder input size.")
+    lora_r: int = _f(8, "nano: LoRA rank on the language model's attention projections (0 = no LoRA).")
+    lora_alpha: int = _f(16, "nano: LoRA alpha.")
+    lora_targets: list = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "nano: LoRA target module names.")
+    seed: int = _f(0, "nano: seed for the projector's initialisation.")
+    # hf only
+    min_pixels: int = _f(0, "hf: image processor min_pixels (0 = the processor's own default).")
+    max_pixels: int = _f(0, "hf: image processor max_pixels (0 = the processor's own default).")
+
+
+@dataclass
+class TokensConfig:
+    disc_emb: str = _f("<disc_emb>", "Ends the prompt; the disc embedding is the hidden state here.")
+    gen_emb: str = _f("<gen_emb>", "Ends generation; the gen embedding is the hidden state when it is fed.")
+    think_open: str = _f("<think>", "Opens the reasoning.")
+    think_close: str = _f("</think>", "Closes the reasoning.")
+    answer_open: str = _f("<answer>", "Opens the summary.")
+    answer_close: str = _f("</answer>", "Closes the summary; `<gen_emb>` is forced right after it.")
+    no_think: str = _f("<no_think>", "First generated token when the model chooses not to reason.")
+
+    def all(self) -> list[str]:
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]
+
+
+@dataclass
+class PromptConfig:
+    template: str = _f(
+        "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{media}{instruction}{text}<|im_end|>\n"
+        "<|im_start|>assistant\n{disc_emb}",
+        "Prompt layout (ChatML). It must end with {disc_emb}: disc is read there and generation goes on "
+        "from the same prefill.",
+    )
+    system: str = _f(
+        "Represent the user's input as an embedding. If it helps, first think in <think> </think>, "
+        "summarise the input in <answer> </answer>, then output <gen_emb>.",
+        "System message.",
+    )
+    default_instruction: str = _f("", "Instruction used when an item has none.")
+    instruction_sep: str = _f("\n", "Put between the instruction and the text when both are present.")
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = _f(64, "gen: most tokens generated before the embedding is read.")
+    temperature: float = _f(0.0, "gen: 0 = greedy (deterministic embeddings); > 0 samples.")
+    top_p: float = _f(1.0, "gen: nucleus sampling threshold when temperature > 0.")
+
+
+@dataclass
+class EmbedderConfig:
+    version: int = _f(CONFIG_VERSION, "Config format version.")
+    backbone: BackboneConfig = field(default_factory=BackboneConfig, metadata={"help": "Backbone settings."})
+    tokens: TokensConfig = field(default_factory=TokensConfig, metadata={"help": "Special tokens."})
+    prompt: PromptConfig = field(default_factory=PromptConfig, metadata={"help": "Prompt templates."})
+    generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "gen settings."})
+    pooling: str = _f(
+        "token", "Where vectors are read: 'token' = last-layer state at <disc_emb> / <gen_emb>."
+    )
+    normalize: bool = _f(True, "L2-normalise vectors.")
+    valid_mode_pairs: list = _f(
+        [["disc", "disc"], ["gen", "gen"]],
+        "Query/target mode pairs whose embeddings are comparable (a cross-mode training term adds more).",
+    )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> EmbedderConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(f"{path}: cannot read the embedder config: {e}") from None
+        return from_dict(cls, data, where=str(path))
+
+
+def from_dict(cls: type, data: dict, where: str = "config") -> Any:
+    """Build dataclass `cls` from a dict, recursively, refusing unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    base = origin or tp
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base in (int, float, str, bool, list, dict) and not (
+        isinstance(value, base) and not (base is int and isinstance(value, bool))
+    ):
+        raise InputError(f"{where}: expected {base.__name__}, got {type(value).__name__} ({value!r})")
+    return value

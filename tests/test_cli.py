@@ -1,0 +1,124 @@
+"""The real CLI: `mmemb embed` on nano, and every bad-input case gives one clear error and no output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmemb import Embedder, Sample
+from mmemb.cli import COMMANDS, main
+
+from .conftest import write_image
+
+
+@pytest.fixture
+def use_nano(nano, monkeypatch):
+    """The CLI loads its model by name; give it the session's nano instead of loading it again."""
+    monkeypatch.setattr(Embedder, "from_pretrained", classmethod(lambda cls, name, **kw: nano))
+    return nano
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_help_lists_every_command(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in out
+
+
+def test_embed_writes_vectors_and_ids(use_nano, tmp_path, capsys):
+    (tmp_path / "media").mkdir()
+    write_image(tmp_path / "media" / "a.png")
+    frames = [
+        str(write_image(tmp_path / "media" / f"f{i}.jpg", seed=i).relative_to(tmp_path)) for i in range(3)
+    ]
+    src = write_jsonl(
+        tmp_path / "items.jsonl",
+        [
+            {"id": "q1", "text": "a red car", "instruction": "Find an image of"},
+            {"id": 7, "image": "media/a.png"},
+            {"id": "v", "frames": frames},
+        ],
+    )
+    out = tmp_path / "out" / "vecs.npy"
+    assert main(["embed", "--model", "nano", "--input", str(src), "--output", str(out), "--quiet"]) == 0
+    vecs = np.load(out, allow_pickle=False)
+    assert vecs.shape == (3, 576) and vecs.dtype == np.float32
+    assert json.loads((tmp_path / "out" / "vecs.ids.json").read_text()) == ["q1", "7", "v"]
+    direct = use_nano.encode([Sample(id="q1", text="a red car", instruction="Find an image of")])
+    np.testing.assert_allclose(vecs[0], direct.vectors[0], atol=1e-6)
+
+
+def test_embed_gen_writes_texts(use_nano, tmp_path):
+    src = write_jsonl(tmp_path / "items.jsonl", [{"id": "a", "text": "a dog"}])
+    out = tmp_path / "v.npy"
+    assert main(["embed", "--input", str(src), "--output", str(out), "--mode", "gen", "--quiet"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "v.gen.jsonl").read_text().splitlines()]
+    assert rows[0]["id"] == "a" and rows[0]["gen_tokens"] > 0 and rows[0]["gen_emb_found"] in (True, False)
+
+
+def _bad_cases(tmp_path):
+    good = write_image(tmp_path / "good.png")
+    (tmp_path / "notimage.png").write_text("this is text, not a PNG")
+    data = good.read_bytes()
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    Image.new("1", (8000, 6000)).save(tmp_path / "bomb.png")  # 48 M pixels, a few KB on disk
+    return {
+        "missing file": ({"id": "m", "image": "nope.png"}, "not found", False),
+        "not an image": ({"id": "n", "image": "notimage.png"}, "not an image", True),
+        "truncated": ({"id": "t", "image": "truncated.png"}, "truncated", True),
+        "pixel limit": ({"id": "b", "image": "bomb.png"}, "over the limit", True),
+        "empty item": ({"id": "e"}, "empty item", False),
+        "unknown field": ({"id": "u", "text": "x", "colour": "red"}, "unknown field", False),
+        "too long": ({"id": "L", "text": "word " * 5000}, "over the context limit", True),
+        "bad json": ('{"id": "j", "text": ', "not valid JSON", False),
+        "no id": ({"text": "x"}, 'needs an "id"', False),
+        "wrong type": ({"id": "w", "frames": "a.png"}, "must be a list", False),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing file",
+        "not an image",
+        "truncated",
+        "pixel limit",
+        "empty item",
+        "unknown field",
+        "too long",
+        "bad json",
+        "no id",
+        "wrong type",
+    ],
+)
+def test_bad_input_is_one_clear_error_and_no_output(case, use_nano, tmp_path, capsys):
+    row, expected, names_id = _bad_cases(tmp_path)[case]
+    src = write_jsonl(tmp_path / "items.jsonl", [{"id": "ok", "text": "fine"}, row])
+    out = tmp_path / "out" / "vecs.npy"
+    code = main(["embed", "--input", str(src), "--output", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert expected in err, err
+    assert "items.jsonl" in err, err  # names the file ...
+    if names_id:  # ... and the item, for errors found while embedding
+        assert f"'{row['id']}'" in err, err
+    else:  # ... and the line, for errors found while reading
+        assert "items.jsonl:2" in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_duplicate_ids_and_bad_output_name(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "i.jsonl", [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}])
+    assert main(["embed", "--input", str(src), "--output", str(tmp_path / "o.npy")]) == 2
+    assert "duplicate id 'a'" in capsys.readouterr().err
+    assert main(["embed", "--input", str(src), "--output", str(tmp_path / "o.txt")]) == 2
+    assert ".npy" in capsys.readouterr().err
