@@ -89,6 +89,9 @@ class Backbone(nn.Module):
     def save(self, directory: Path) -> None:
         raise NotImplementedError
 
+    def load_weights(self, directory: Path) -> None:
+        """Load weights saved by `save` that construction did not already load (after tokens are added)."""
+
     # ---- shared -------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -132,6 +135,17 @@ class Backbone(nn.Module):
         pos = attention_mask.long().cumsum(-1) - 1  # (B, T)
         pos = pos.masked_fill(attention_mask == 0, 0)
         return pos.unsqueeze(0).expand(3, -1, -1) if self.mrope else pos
+
+    def check_reserved(self, samples: list[Sample], reserved: list[str]) -> None:
+        """Media placeholders are ours: an item's own text must not contain them."""
+        for s in samples:
+            for field_text in (s.text, s.instruction):
+                for token in reserved:
+                    if field_text and token in field_text:
+                        raise InputError(
+                            f"item {s.id!r}: the text contains {token!r}, a token reserved for "
+                            "media placeholders; remove it"
+                        )
 
     def check_lengths(self, samples: list[Sample], lengths: list[int]) -> None:
         for s, n in zip(samples, lengths, strict=True):

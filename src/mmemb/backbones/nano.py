@@ -97,6 +97,7 @@ class NanoBackbone(Backbone):
         return self.projector(feats)  # (N, g*g, D)
 
     def prepare(self, samples: list[Sample], texts: list[str]) -> Prompts:
+        self.check_reserved(samples, [IMAGE_TOKEN])
         images = []
         for s in samples:
             images += sample_images(

@@ -1,0 +1,155 @@
+"""hf: transformers image-text-to-text models of the Qwen2-VL, Qwen2.5-VL and Qwen3-VL families.
+
+The backbones of VLM2Vec, UME-R1 and MMEmb-R1, from a local folder or a hub id. What differs per family
+lives in FAMILIES; the code below never branches on the family.
+
+Media go through the family's own image processor (patches + grid). The prompt's image placeholder is
+expanded here to (t*h*w / merge^2) pad tokens, which is all the family's `processor` adds for images; we do
+not use the processor class itself because in transformers 5 it requires a video processor, which requires
+torchvision, which cannot be installed beside the pinned torch. Video is therefore fed as its sampled
+frames, one image each (multi-image input), for every family.
+
+Positions: multimodal RoPE, (3, B, T) from the model's own `get_rope_index` at prefill (left padding aware);
+decoding continues from each row's largest position + 1 (base.Backbone.step). Explicit positions are always
+passed, so the model's hidden `rope_deltas` state is never used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import BackboneConfig
+from ..media import sample_images
+from ..types import InputError, Sample
+from .base import Backbone, Prompts
+
+# model_type -> per-family facts. All three share the Qwen2-VL vision-token layout today; a family that
+# differs (another placeholder, extra get_rope_index arguments) gets its own row here, not an if-branch.
+FAMILIES: dict[str, dict] = {
+    "qwen2_vl": {
+        "image_pad": "<|image_pad|>",
+        "vision_start": "<|vision_start|>",
+        "vision_end": "<|vision_end|>",
+    },
+    "qwen2_5_vl": {
+        "image_pad": "<|image_pad|>",
+        "vision_start": "<|vision_start|>",
+        "vision_end": "<|vision_end|>",
+    },
+    "qwen3_vl": {
+        "image_pad": "<|image_pad|>",
+        "vision_start": "<|vision_start|>",
+        "vision_end": "<|vision_end|>",
+    },
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SAVED_SUBDIR = "backbone"
+
+
+class HFBackbone(Backbone):
+    kind = "hf"
+    mrope = True
+
+    def __init__(self, config: BackboneConfig, saved: Path | None = None) -> None:
+        super().__init__(config)
+        from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+        source = str(Path(saved) / SAVED_SUBDIR) if saved else config.source
+        if not source:
+            raise InputError("backbone.source is empty: give a Qwen-VL hub id or local folder")
+        if config.dtype not in DTYPES:
+            raise InputError(f"backbone.dtype {config.dtype!r}: choose one of {sorted(DTYPES)}")
+        try:
+            model_config = AutoConfig.from_pretrained(source)
+        except OSError as e:
+            raise InputError(
+                f"{source}: cannot load a model config ({e}). Give a local folder, or a hub id "
+                "on a machine that reaches the hub."
+            ) from None
+        family = config.family or model_config.model_type
+        if family not in FAMILIES or model_config.model_type not in FAMILIES:
+            raise InputError(
+                f"{source}: model type {model_config.model_type!r} is not supported; "
+                f"supported: {sorted(FAMILIES)}"
+            )
+        self.family = FAMILIES[family]
+        self.model = AutoModelForImageTextToText.from_pretrained(source, dtype=DTYPES[config.dtype])
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self.tokenizer.padding_side = "left"
+        size = {}
+        if config.min_pixels:
+            size["shortest_edge"] = config.min_pixels
+        if config.max_pixels:
+            size["longest_edge"] = config.max_pixels
+        self.image_processor = AutoImageProcessor.from_pretrained(source, **({"size": size} if size else {}))
+        self.image_pad_id = self.token_id(self.family["image_pad"])
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.model.lm_head
+
+    def input_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    def resize_vocab(self, n: int) -> None:
+        self.model.resize_token_embeddings(n, mean_resizing=False)
+
+    def media_prompt(self, sample: Sample) -> str:
+        n = min(len(sample.frames), self.config.num_frames) if sample.frames else len(sample.media())
+        f = self.family
+        return (f["vision_start"] + f["image_pad"] + f["vision_end"]) * n
+
+    def prepare(self, samples: list[Sample], texts: list[str]) -> Prompts:
+        pad = self.family["image_pad"]
+        self.check_reserved(samples, [pad, self.family["vision_start"], self.family["vision_end"]])
+        images = []
+        for s in samples:
+            images += sample_images(
+                s, num_frames=self.config.num_frames, max_pixels=self.config.max_image_pixels
+            )
+        extra: dict = {}
+        if images:
+            processed = self.image_processor(images=images, return_tensors="pt")
+            grid = processed["image_grid_thw"]  # (N, 3): patches in time, height, width
+            merge = self.image_processor.merge_size**2
+            counts = iter((grid.prod(-1) // merge).tolist())  # visual tokens per image
+            texts = [_expand(t, pad, counts) for t in texts]
+            extra = {"pixel_values": processed["pixel_values"].to(self.model.dtype), "image_grid_thw": grid}
+        enc = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+        ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, T)
+        self.check_lengths(samples, mask.sum(1).tolist())
+        mm_types = (ids == self.image_pad_id).long()  # (B, T): 1 on image tokens, 0 on text
+        positions, _ = self.model.model.get_rope_index(
+            ids, mm_token_type_ids=mm_types, image_grid_thw=extra.get("image_grid_thw"), attention_mask=mask
+        )  # (3, B, T)
+        if images:
+            extra["mm_token_type_ids"] = mm_types
+        return Prompts(ids, mask, positions, extra)
+
+    def forward_hidden(self, input_ids, attention_mask, position_ids, cache=None, extra=None):
+        device = self.device
+        extra = {k: v.to(device) for k, v in (extra or {}).items()}
+        out = self.model.model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            position_ids=position_ids.to(device),
+            past_key_values=cache,
+            use_cache=True,
+            **extra,
+        )
+        return out.last_hidden_state, out.past_key_values
+
+    def save(self, directory: Path) -> None:
+        target = Path(directory) / SAVED_SUBDIR
+        self.model.save_pretrained(target)
+        self.tokenizer.save_pretrained(target)
+        self.image_processor.save_pretrained(target)
+
+
+def _expand(text: str, pad: str, counts) -> str:
+    """Replace each image placeholder by as many pad tokens as the image has visual tokens."""
+    parts = text.split(pad)
+    return parts[0] + "".join(pad * next(counts) + rest for rest in parts[1:])

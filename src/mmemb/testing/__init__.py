@@ -1,0 +1,1 @@
+"""Test helpers: tiny offline models and fixtures for exercising mmemb without downloads."""
