@@ -11,6 +11,7 @@ and the rows of the added tokens are ours, and only those are saved.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,9 @@ class NanoBackbone(Backbone):
                 target_modules=list(config.lora_targets),
                 bias="none",
             )
-            self.lm = get_peft_model(lm, lora)
+            with warnings.catch_warnings():  # peft reads a deprecated transformers property; not ours to fix
+                warnings.simplefilter("ignore", FutureWarning)
+                self.lm = get_peft_model(lm, lora)
         self.decoder = lm.model  # LoRA layers are injected in place, so this includes them
 
     def train(self, mode: bool = True) -> NanoBackbone:
