@@ -23,8 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmemb",
         description="Multimodal embeddings that reason only when reasoning helps.",
-        epilog="commands:\n" + "\n".join(f"  {k:<8} {v}" for k, v in COMMANDS.items()),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, width=110, max_help_position=16),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
