@@ -80,22 +80,43 @@ def test_gen_kv_reuse_equals_recompute(nano, images):
 
 
 def test_save_load_round_trip_is_identical(nano, images, tmp_path):
+    bb = nano.backbone
+    lora_b = next(p for n, p in bb.lm.named_parameters() if "lora_B" in n)
+    saved = [t.detach().clone() for t in (bb.projector[0].bias, lora_b)]
     with torch.no_grad():  # perturb what is ours, so the test sees the saved weights, not a re-init
-        nano.backbone.projector[0].bias.add_(0.01)
-        lora_b = next(p for n, p in nano.backbone.lm.named_parameters() if "lora_B" in n)
+        bb.projector[0].bias.add_(0.01)
         lora_b.add_(0.001)
     try:
         items = [Sample(id="t", text="a cat"), Sample(id="i", image=images[0], text="image")]
         before = nano.encode(items).vectors
         nano.save_pretrained(tmp_path / "m")
-        assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
-            "embedder_config.json",
-            "nano.safetensors",
-        ]
+        assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["embedder_config.json", "nano.safetensors"]
         loaded = Embedder.from_pretrained(tmp_path / "m")
         assert loaded.fingerprint() == nano.fingerprint()
         np.testing.assert_array_equal(loaded.encode(items).vectors, before)
     finally:
-        with torch.no_grad():
-            nano.backbone.projector[0].bias.sub_(0.01)
-            lora_b.sub_(0.001)
+        with torch.no_grad():  # restore exactly: the session's nano is shared by other tests
+            bb.projector[0].bias.copy_(saved[0])
+            lora_b.copy_(saved[1])
+
+
+def test_chunked_vision_equals_one_batch(nano):
+    """The chunked, channels_last vision path gives the features of one plain batched forward."""
+    from mmemb.backbones.efficientnet import load_efficientnet_lite0
+
+    x = torch.randn(9, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    plain = load_efficientnet_lite0()  # contiguous layout, one call
+    bb = nano.backbone
+    with torch.no_grad():
+        ref = bb.projector(bb.pool(plain.forward_features(x)).flatten(2).transpose(1, 2))  # (9, 4, D)
+        torch.testing.assert_close(bb.encode_images(x), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_fingerprint_is_the_same_in_a_new_process(nano):
+    """The evaluation cache is keyed by the fingerprint: a fresh process must rebuild the same weights."""
+    import subprocess
+    import sys
+
+    code = "from mmemb import Embedder; print(Embedder.from_pretrained('nano').fingerprint())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == nano.fingerprint()

@@ -13,8 +13,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .types import InputError
+
 COMMANDS = {
     "embed": "Embed the items of a JSONL file (text, image, frames, pages) into a .npy matrix.",
+    "eval": "Evaluate a model on mmeb-mini or MMEB-V2: scores, report, per-query records, plot.",
+    "report": "Print meta-task, modality and overall tables for score files, side by side.",
+    "data": "Build datasets: `mmemb data build-mini` makes the mmeb-mini benchmark from Debian data.",
     "info": "Print a model's settings (backbone, tokens, modes) and where its weights come from.",
 }
 
@@ -51,6 +56,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("eval", help=COMMANDS["eval"], description=COMMANDS["eval"])
+    p.add_argument(
+        "--model", default="nano", help="'nano', a folder saved by mmemb, a Qwen-VL folder or hub id"
+    )
+    p.add_argument(
+        "--tasks", default="mmeb-mini", help="mmeb-mini | mmeb-v2 | MMEB-V2 dataset names, comma-separated"
+    )
+    p.add_argument(
+        "--data-root", type=Path, help="MMEB-V2 data folder (mmeb-mini: built on first use if omitted)"
+    )
+    p.add_argument("--out", type=Path, help="output folder (default runs/eval/<model>-<tasks>)")
+    p.add_argument("--qry-mode", default="disc", choices=["disc", "gen"])
+    p.add_argument("--tgt-mode", default="disc", choices=["disc", "gen"])
+    p.add_argument(
+        "--allow-any-mode-pair",
+        action="store_true",
+        help="run a query/target mode pair the model's config does not list as valid",
+    )
+    p.add_argument(
+        "--analysis",
+        default="",
+        help="comma-separated: oracle (best of disc and gen per query, an "
+        "upper bound), pass@k (k sampled gen runs)",
+    )
+    p.add_argument("--samples", type=int, default=4, help="k for pass@k")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature for pass@k")
+    p.add_argument("--max-new-tokens", type=int, help="gen: override the model's max_new_tokens")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int, help="first N queries per task (smoke runs)")
+    p.add_argument("--cache", type=Path, help="embedding cache folder (default ~/.cache/mmemb/embeddings)")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("report", help=COMMANDS["report"], description=COMMANDS["report"])
+    p.add_argument("files", nargs="+", type=Path, help="score files (published MMEB layout)")
+
+    p = sub.add_parser("data", help=COMMANDS["data"], description=COMMANDS["data"])
+    dsub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    b = dsub.add_parser("build-mini", help="build mmeb-mini from installed Debian packages (deterministic)")
+    b.add_argument("--out", type=Path, help="output folder (default: the folder `mmemb eval` uses)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--scale", type=float, default=1.0, help="multiplies the number of queries per task")
+
     p = sub.add_parser("info", help=COMMANDS["info"], description=COMMANDS["info"])
     p.add_argument("--model", default="nano")
     return parser
@@ -58,7 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .backbones.assets import AssetError
-    from .types import InputError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -66,7 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return {"embed": cmd_embed, "info": cmd_info}[args.command](args)
+        handlers = {
+            "embed": cmd_embed,
+            "eval": cmd_eval,
+            "report": cmd_report,
+            "data": cmd_data,
+            "info": cmd_info,
+        }
+        return handlers[args.command](args)
     except (InputError, AssetError) as e:
         print(f"mmemb {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -92,7 +145,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     from .embedder import Embedder
     from .items import read_items
-    from .types import InputError
 
     if args.output.suffix != ".npy":
         raise InputError(f"--output {args.output}: use a .npy file name")
@@ -120,6 +172,77 @@ def cmd_embed(args: argparse.Namespace) -> int:
         files[out.with_suffix(".gen.jsonl")] = lambda f: f.write(("\n".join(lines) + "\n").encode())
     _write_all(files)
     print(f"mmemb embed: {len(samples)} items -> {out} {result.vectors.shape} ({args.mode})", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.evaluate import evaluate
+    from .eval.runner import EvalSettings
+
+    analyses = tuple(a.strip() for a in args.analysis.split(",") if a.strip())
+    bad = [a for a in analyses if a not in ("oracle", "pass@k")]
+    if bad:
+        raise InputError(f"--analysis {bad}: choose from oracle, pass@k")
+    _quiet_libraries()
+    name = Path(args.model).name or str(args.model)
+    out = args.out or Path("runs") / "eval" / f"{name}-{args.tasks.replace(',', '+')[:60]}"
+    settings = EvalSettings(
+        qry_mode=args.qry_mode,
+        tgt_mode=args.tgt_mode,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        allow_any_mode_pair=args.allow_any_mode_pair,
+        progress=not args.quiet,
+    )
+    result = evaluate(
+        args.model,
+        args.tasks,
+        out,
+        settings,
+        data_root=args.data_root,
+        analyses=analyses,
+        samples=args.samples,
+        temperature=args.temperature,
+        cache_root=args.cache,
+        limit=args.limit,
+    )
+    print(result["report"])
+    for run, per_task in result["analysis"].items():
+        a = per_task["ALL"]
+        print(
+            f"{run:<36} mean over queries {a['score']:5.1f}  reasoned {100 * a['invocation_ratio']:5.1f}%  "
+            f"median latency {1000 * a['median_latency_s']:7.1f} ms/query  ({a['queries']} queries)"
+        )
+    print(
+        f"mmemb eval: {result['seconds']:.0f}s; outputs in {out}/ (report.txt, scores.*.json, "
+        "per_query.*.jsonl, analysis.json, plot.png)",
+        file=sys.stderr,
+    )
+    if result["errors"]:
+        print(
+            f"mmemb eval: {len(result['errors'])} task(s) failed: {sorted(result['errors'])} (see errors.json)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .eval.report import report_files
+
+    print(report_files(args.files))
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .data.mini import build_mini
+    from .eval.evaluate import MINI_SEED, mini_root
+
+    out = args.out or (mini_root() if args.seed == MINI_SEED and args.scale == 1.0 else None)
+    if out is None:
+        raise InputError("--out is required with a non-default --seed or --scale")
+    path = build_mini(out, seed=args.seed, scale=args.scale)
+    print(f"mmemb data: mmeb-mini in {path}", file=sys.stderr)
     return 0
 
 

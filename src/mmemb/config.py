@@ -76,9 +76,8 @@ class PromptConfig:
         "from the same prefill.",
     )
     system: str = _f(
-        "Represent the user's input as an embedding. If it helps, first think in <think> </think>, "
-        "summarise the input in <answer> </answer>, then output <gen_emb>.",
-        "System message.",
+        "Embed the input. To reason first, think in <think></think> and summarise in <answer></answer>.",
+        "System message (short: it is paid for on every input).",
     )
     default_instruction: str = _f("", "Instruction used when an item has none.")
     instruction_sep: str = _f("\n", "Put between the instruction and the text when both are present.")

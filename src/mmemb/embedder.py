@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -114,11 +115,13 @@ class Embedder:
         batch_size: int = 8,
         progress: bool = False,
         max_new_tokens: int | None = None,
+        temperature: float | None = None,
     ) -> Embeddings:
         """Embed inputs in order. Batches are formed from length-sorted inputs (less padding); the vectors
         do not depend on the batching (left padding + mask-derived positions).
 
-        max_new_tokens: gen only, overrides `config.generation.max_new_tokens` for this call."""
+        max_new_tokens, temperature: gen only, override `config.generation` for this call.
+        Each row's `seconds` is its batch's wall time divided by the batch size (amortised latency)."""
         if mode not in MODES:
             raise InputError(f"unknown mode {mode!r}; choose one of {list(MODES)}")
         samples = as_samples(list(inputs))
@@ -126,17 +129,21 @@ class Embedder:
         width = self.backbone.input_embeddings().weight.shape[1]
         vectors = np.zeros((len(samples), width), dtype=np.float32)
         texts, tokens, found = [""] * len(samples), [0] * len(samples), [True] * len(samples)
+        seconds = [0.0] * len(samples)
         bar = _progress(len(samples), progress, f"embed ({mode})")
         self.backbone.eval()
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = [samples[i] for i in idx]
+            start_time = time.perf_counter()
             prompts = self.backbone.prepare(batch, [self.prompt(s) for s in batch])
             if mode == "disc":
                 hidden, _ = self.backbone.prefill(prompts)
                 vecs = hidden[:, -1]  # (B, D): the state at <disc_emb>
             else:
-                vecs, out_ids, ok = self.generate(prompts, max_new_tokens=max_new_tokens)
+                vecs, out_ids, ok = self.generate(
+                    prompts, max_new_tokens=max_new_tokens, temperature=temperature
+                )
                 for j, i in enumerate(idx):
                     texts[i] = self.backbone.tokenizer.decode(out_ids[j], skip_special_tokens=False)
                     tokens[i], found[i] = len(out_ids[j]), ok[j]
@@ -144,18 +151,24 @@ class Embedder:
             if self.config.normalize:
                 vecs = torch.nn.functional.normalize(vecs, dim=-1)
             vectors[idx] = vecs.cpu().numpy()
+            for i in idx:
+                seconds[i] = (time.perf_counter() - start_time) / len(idx)
             bar.update(len(idx))
         bar.close()
         if mode == "disc":
-            return Embeddings(vectors, mode)
-        return Embeddings(vectors, mode, texts=texts, gen_tokens=tokens, gen_emb_found=found)
+            return Embeddings(vectors, mode, seconds=seconds)
+        return Embeddings(vectors, mode, texts=texts, gen_tokens=tokens, gen_emb_found=found, seconds=seconds)
 
     def _cost(self, s: Sample) -> int:
         return len(s.text or "") + len(s.instruction or "") + 400 * len(s.media())
 
     @torch.no_grad()
     def generate(
-        self, prompts: Prompts, reuse_prefill: bool = True, max_new_tokens: int | None = None
+        self,
+        prompts: Prompts,
+        reuse_prefill: bool = True,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
     ) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
         """Decode from the prefill's KV cache until each row feeds <gen_emb>; read the state there.
 
@@ -178,7 +191,7 @@ class Embedder:
         logits = bb.logits(last)  # (B, V)
         gen_emb, answer_close = self.ids["gen_emb"], self.ids["answer_close"]
         for _ in range(g.max_new_tokens if max_new_tokens is None else max_new_tokens):
-            tok = _choose(logits, g.temperature, g.top_p)  # (B,)
+            tok = _choose(logits, g.temperature if temperature is None else temperature, g.top_p)  # (B,)
             tok = torch.where(prev == answer_close, torch.full_like(tok, gen_emb), tok)
             stop = torch.tensor([t in self.stop_ids for t in tok.tolist()], device=tok.device) & ~done
             vecs[stop] = last[stop]  # ended without <gen_emb>: fall back to the last fed state

@@ -72,6 +72,7 @@ class Embeddings:
     gen_tokens:     gen only: number of generated tokens per row (0 for disc).
     gen_emb_found:  gen only: False where generation stopped without emitting `<gen_emb>` and the vector
                     was read at the last generated position instead.
+    seconds:        per row, its batch's wall time divided by the batch size (amortised latency).
     """
 
     vectors: np.ndarray
@@ -79,3 +80,4 @@ class Embeddings:
     texts: list[str] = field(default_factory=list)
     gen_tokens: list[int] = field(default_factory=list)
     gen_emb_found: list[bool] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)

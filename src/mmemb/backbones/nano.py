@@ -28,6 +28,7 @@ from .efficientnet import load_efficientnet_lite0, preprocess_images
 
 IMAGE_TOKEN = "<|image|>"
 WEIGHTS = "nano.safetensors"
+VISION_CHUNK = 4  # images per vision-encoder call (see encode_images)
 
 
 class NanoBackbone(Backbone):
@@ -46,7 +47,8 @@ class NanoBackbone(Backbone):
         self.tokenizer.padding_side = "left"
         lm = AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
         self.base_vocab = lm.get_input_embeddings().weight.shape[0]
-        self.vision = load_efficientnet_lite0()  # frozen, always in eval mode (see train())
+        # frozen, always in eval mode (see train()); channels_last runs its depthwise convs ~3x faster on CPU
+        self.vision = load_efficientnet_lite0().to(memory_format=torch.channels_last)
         self.pool = nn.AdaptiveAvgPool2d(grid)
         width = lm.config.hidden_size
         gen = torch.Generator().manual_seed(config.seed)
@@ -68,8 +70,13 @@ class NanoBackbone(Backbone):
                 target_modules=list(config.lora_targets),
                 bias="none",
             )
-            with warnings.catch_warnings():  # peft reads a deprecated transformers property; not ours to fix
-                warnings.simplefilter("ignore", FutureWarning)
+            # LoRA A is initialised from the global RNG: seed it (in a forked RNG, leaving the caller's alone)
+            # so the same config builds the same weights, and the same fingerprint, in every process.
+            with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+                warnings.simplefilter(
+                    "ignore", FutureWarning
+                )  # peft reads a deprecated transformers property
+                torch.manual_seed(config.seed)
                 self.lm = get_peft_model(lm, lora)
         self.decoder = lm.model  # LoRA layers are injected in place, so this includes them
 
@@ -93,9 +100,17 @@ class NanoBackbone(Backbone):
         return (IMAGE_TOKEN * self.config.visual_tokens + "\n") * n
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) normalised images -> (N, g*g, D) visual tokens."""
+        """(N, 3, S, S) normalised images -> (N, g*g, D) visual tokens.
+
+        The frozen encoder runs VISION_CHUNK images at a time: on CPU, activations of a few images stay in
+        cache, and 128 frames in small chunks take a third of the time of one big batch (same numbers:
+        tests/test_nano.py::test_chunked_vision_equals_one_batch)."""
+        x = pixel_values.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            feats = self.pool(self.vision.forward_features(pixel_values))  # (N, 1280, g, g)
+            maps = [
+                self.vision.forward_features(x[i : i + VISION_CHUNK]) for i in range(0, len(x), VISION_CHUNK)
+            ]
+            feats = self.pool(torch.cat(maps))  # (N, 1280, g, g)
         feats = feats.flatten(2).transpose(1, 2)  # (N, g*g, 1280)
         return self.projector(feats)  # (N, g*g, D)
 

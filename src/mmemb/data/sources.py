@@ -20,7 +20,13 @@ OPENCLIPART = Path("/usr/share/openclipart")
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 WORDNET_NOUNS = Path("/usr/share/wordnet/data.noun")
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
-PACKAGES = ("openclipart-png", "openclipart-svg", "dataset-fashion-mnist", "wordnet-base", "fonts-dejavu-core")
+PACKAGES = (
+    "openclipart-png",
+    "openclipart-svg",
+    "dataset-fashion-mnist",
+    "wordnet-base",
+    "fonts-dejavu-core",
+)
 INSTALL = "apt-get install " + " ".join(PACKAGES)
 
 FASHION_CLASSES = (

@@ -1,0 +1,1 @@
+"""Evaluation: the benchmark registry, task loaders, metrics, runner and score reports."""

@@ -1,0 +1,228 @@
+"""`mmemb eval`: resolve the tasks, run each requested mode pair, write scores, report, analysis and plot.
+
+runs:     the main (qry_mode, tgt_mode); with --analysis oracle also disc->disc and gen->gen;
+          with --analysis pass@k also k sampled gen->gen runs
+outputs:  <out>/scores.<run>.json        per-dataset metrics in the published MMEB layout
+          <out>/per_query.<run>.jsonl    score, gold rank, latency, tokens, reasoned, per query
+          <out>/report.txt               meta-task / modality / overall tables, runs side by side
+          <out>/analysis.json            per task: score, invocation ratio, median latency (+ oracle, pass@k)
+          <out>/plot.png                 score by meta-task, one bar per run
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..backbones.assets import cache_dir
+from ..embedder import Embedder
+from ..types import InputError
+from . import analysis
+from .plot import plot_meta_tasks
+from .registry import MMEB_V2, DatasetInfo, suite
+from .report import format_report, load_scores, summarize, write_scores
+from .runner import EvalSettings, TaskResult, check_modes, evaluate_task
+from .tasks import TaskError, load_task
+
+MINI_SEED = 0
+
+MMEB_V2_HOWTO = """MMEB-V2 data is not present{where}. mmemb does not download it. To evaluate on MMEB-V2:
+  1. download the evaluation data from the hub dataset TIGER-Lab/MMEB-V2 (VLM2Vec's
+     experiments/public/data/download_data.sh fetches it; video tasks need only the extracted frames);
+  2. lay it out under one root, one folder per dataset (names as in `mmemb.eval.registry.MMEB_V2`):
+       image and video rows:  <root>/<dataset>/test.parquet (or test.jsonl) with qry_inst, qry_text,
+                              qry_img_path | qry_video_path, tgt_inst, tgt_text, tgt_img_path | tgt_video_path
+                              (media paths relative to <root>; a video is a folder of frames)
+       visual documents:      <root>/<dataset>/test/corpus.jsonl, queries.jsonl, qrels.tsv (BEIR)
+  3. run: mmemb eval --model MODEL --tasks mmeb-v2 --data-root <root>
+Datasets absent from <root> are reported as missing, never averaged as if present."""
+
+
+@dataclass
+class Suite:
+    name: str
+    root: Path
+    datasets: dict[str, DatasetInfo]
+    formats: dict[str, str]
+    tasks_json: list[dict] | None = None
+
+
+def mini_root() -> Path:
+    return cache_dir() / "data" / f"mmeb-mini-seed{MINI_SEED}"
+
+
+def resolve(tasks: str, data_root: Path | None) -> Suite:
+    """'mmeb-mini' (built on first use from Debian data), 'mmeb-v2', or dataset names (comma-separated)."""
+    if tasks == "mmeb-mini":
+        from ..data.mini import build_mini
+
+        root = data_root or mini_root()
+        if not (root / "tasks.json").is_file():
+            if data_root:
+                raise InputError(
+                    f"{root}: no tasks.json; build mmeb-mini with: mmemb data build-mini --out {root}"
+                )
+            print(f"mmemb eval: building mmeb-mini into {root} (once)", file=sys.stderr)
+            build_mini(root, seed=MINI_SEED)
+        entries = json.loads((root / "tasks.json").read_text())
+        return Suite(
+            "mmeb-mini",
+            root,
+            suite("mmeb-mini", root / "tasks.json"),
+            {e["name"]: "beir" if e.get("format") == "beir" else "rows" for e in entries},
+            entries,
+        )
+    names = list(MMEB_V2) if tasks == "mmeb-v2" else [t.strip() for t in tasks.split(",") if t.strip()]
+    unknown = [n for n in names if n not in MMEB_V2]
+    if unknown:
+        raise InputError(f"unknown task(s) {unknown}; use mmeb-mini, mmeb-v2 or MMEB-V2 dataset names")
+    if data_root is None or not data_root.is_dir() or not any((data_root / n).exists() for n in names):
+        raise InputError(
+            MMEB_V2_HOWTO.format(where=f" under {data_root}" if data_root else " (no --data-root)")
+        )
+    return Suite(
+        "mmeb-v2",
+        data_root,
+        {n: MMEB_V2[n] for n in names},
+        {n: "beir" if MMEB_V2[n].modality == "visdoc" else "rows" for n in names},
+    )
+
+
+def run_specs(
+    main: EvalSettings, analyses: list[str], samples: int, temperature: float
+) -> dict[str, EvalSettings]:
+    runs = {f"{main.qry_mode}-{main.tgt_mode}": main}
+    if "oracle" in analyses:
+        for m in ("disc", "gen"):
+            runs.setdefault(f"{m}-{m}", replace(main, qry_mode=m, tgt_mode=m))
+    if "pass@k" in analyses:
+        for s in range(samples):
+            runs[f"gen-gen-sample{s}"] = replace(
+                main, qry_mode="gen", tgt_mode="gen", temperature=temperature, sample=s
+            )
+    return runs
+
+
+def evaluate(
+    model: str | Embedder,
+    tasks: str,
+    out: Path,
+    settings: EvalSettings,
+    data_root: Path | None = None,
+    analyses: tuple[str, ...] = (),
+    samples: int = 4,
+    temperature: float = 0.7,
+    cache_root: Path | None = None,
+    limit: int | None = None,
+) -> dict:
+    """Run every requested evaluation; returns {"runs": {run: {task: TaskResult}}, "errors": {...}, ...}."""
+    started = time.perf_counter()
+    st = resolve(tasks, data_root)
+    embedder = Embedder.from_pretrained(model) if isinstance(model, (str, Path)) else model
+    runs = run_specs(settings, list(analyses), samples, temperature)
+    for s in runs.values():
+        check_modes(embedder, s)
+    fingerprint = embedder.fingerprint()
+    cache_root = cache_root or cache_dir() / "embeddings"
+    loaded, errors = {}, {}
+    for name, info in st.datasets.items():
+        try:
+            loaded[name] = load_task(info, st.root, "test", st.formats[name])
+            if limit:
+                _limit(loaded[name], limit)
+        except TaskError as e:
+            errors[name] = str(e)
+            print(f"mmemb eval: {name}: skipped: {e}", file=sys.stderr)
+    results: dict[str, dict[str, TaskResult]] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    for run, s in runs.items():
+        results[run] = {}
+        for name, task in loaded.items():
+            try:
+                r = evaluate_task(task, embedder, s, cache_root, fingerprint)
+            except InputError as e:
+                errors[name] = str(e)
+                print(f"mmemb eval: {name}: failed: {e}", file=sys.stderr)
+                continue
+            results[run][name] = r
+            print(
+                f"[{run}] {name:<22} {r.metrics[st.datasets[name].metric] * 100:6.1f} "
+                f"({st.datasets[name].metric})  unique/total items {r.unique_items}/{r.total_items}  "
+                f"embedded now {r.embedded_now}  {r.seconds:.1f}s",
+                file=sys.stderr,
+            )
+        write_scores(
+            out / f"scores.{run}.json",
+            str(model),
+            st.name,
+            {n: r.metrics for n, r in results[run].items()},
+            st.tasks_json,
+            {
+                "run": run,
+                "fingerprint": fingerprint,
+                "qry_mode": s.qry_mode,
+                "tgt_mode": s.tgt_mode,
+                "errors": errors,
+            },
+        )
+        _write_jsonl(out / f"per_query.{run}.jsonl", [q for r in results[run].values() for q in r.per_query])
+    summary = _analysis(results, analyses, samples, st)
+    (out / "analysis.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "errors.json").write_text(json.dumps(errors, indent=2) + "\n")
+    report = format_report([summarize(load_scores(out / f"scores.{run}.json")) for run in runs])
+    (out / "report.txt").write_text(report + "\n")
+    plot_meta_tasks(_meta_table(summary, st), out / "plot.png", f"{model} on {st.name}")
+    return {
+        "runs": results,
+        "errors": errors,
+        "analysis": summary,
+        "report": report,
+        "out": out,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _limit(task, n: int) -> None:
+    """Keep the first n queries (smoke runs); global corpora are kept whole so ranks stay comparable."""
+    task.queries, task.relevance = task.queries[:n], task.relevance[:n]
+    if task.local is not None:
+        task.local = task.local[:n]
+
+
+def _analysis(results, analyses, samples, st: Suite) -> dict:
+    series = {
+        run: [q for r in res.values() for q in r.per_query]
+        for run, res in results.items()
+        if "sample" not in run
+    }
+    if "oracle" in analyses and "disc-disc" in series and "gen-gen" in series:
+        series["oracle (upper bound, uses labels)"] = analysis.oracle(
+            {"disc": series["disc-disc"], "gen": series["gen-gen"]}
+        )
+    if "pass@k" in analyses:
+        sampled = [
+            [q for r in results[f"gen-gen-sample{s}"].values() for q in r.per_query] for s in range(samples)
+        ]
+        series[f"gen pass@{samples}"] = analysis.pass_at_k(sampled)
+    return {name: analysis.per_task(recs) for name, recs in series.items()}
+
+
+def _meta_table(summary: dict, st: Suite) -> dict[str, dict[str, float]]:
+    table = {}
+    for name, per_task in summary.items():
+        groups: dict[str, list[float]] = {}
+        for task, stats in per_task.items():
+            if task in st.datasets:
+                info = st.datasets[task]
+                groups.setdefault(f"{info.modality} {info.meta_task}", []).append(stats["score"])
+        table[name] = {g: sum(v) / len(v) for g, v in groups.items()}
+    return table
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)

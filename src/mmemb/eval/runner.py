@@ -1,0 +1,170 @@
+"""Evaluate an embedder on tasks: embed each unique item once (through the cache), rank, score.
+
+    for each task:
+        queries    -> vectors in qry_mode   (cache: fingerprint / qry_mode)
+        candidates -> vectors in tgt_mode   (cache: fingerprint / tgt_mode)
+        local:  each query ranks its own candidate list;  global: each query ranks the whole corpus
+        metrics per query (metrics.query_metrics) -> mean per task (metrics.aggregate)
+
+Per query it records the main score, the gold's rank, the (amortised) latency of embedding the query,
+the generated tokens and whether reasoning ran. A broken task is reported and skipped; the others go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..embedder import Embedder
+from ..types import MODES, InputError
+from .cache import EmbeddingCache
+from .metrics import aggregate, query_metrics
+from .tasks import Task
+
+TOP = 10  # metrics are taken at k <= 10
+
+
+@dataclass
+class EvalSettings:
+    qry_mode: str = "disc"
+    tgt_mode: str = "disc"
+    batch_size: int = 16
+    shard_size: int = 256  # items embedded between two cache writes (what an interruption can lose)
+    max_new_tokens: int | None = None  # gen overrides (None: the model's own settings)
+    temperature: float | None = None
+    sample: int = 0  # pass@k: index of this sample (seeds the sampling)
+    allow_any_mode_pair: bool = False
+    progress: bool = True
+
+    def cache_tag(self, mode: str) -> str:
+        """Cache folder for a mode: anything that changes the vectors beyond the model itself."""
+        if mode == "disc":
+            return mode
+        return f"{mode}-n{self.max_new_tokens}-t{self.temperature}-s{self.sample}"
+
+
+@dataclass
+class TaskResult:
+    name: str
+    metrics: dict[str, float]
+    per_query: list[dict] = field(default_factory=list)
+    unique_items: int = 0
+    total_items: int = 0
+    embedded_now: int = 0  # items not found in the cache
+    seconds: float = 0.0
+
+
+def check_modes(embedder: Embedder, s: EvalSettings) -> None:
+    for m in (s.qry_mode, s.tgt_mode):
+        if m not in MODES:
+            raise InputError(f"unknown mode {m!r}; choose from {list(MODES)}")
+    valid = [tuple(p) for p in embedder.config.valid_mode_pairs]
+    if (s.qry_mode, s.tgt_mode) not in valid and not s.allow_any_mode_pair:
+        raise InputError(
+            f"query mode {s.qry_mode!r} against target mode {s.tgt_mode!r} is not a valid pair for "
+            f"this model (valid: {valid}, from its embedder_config.json); pass "
+            "--allow-any-mode-pair to run it anyway"
+        )
+
+
+def embed_keys(
+    embedder: Embedder, cache: EmbeddingCache, task: Task, keys: list[str], mode: str, s: EvalSettings
+) -> int:
+    """Embed the keys the cache lacks, in shards (each written as soon as it is done). Returns how many."""
+    import torch
+
+    todo = cache.missing(keys)
+    for start in range(0, len(todo), s.shard_size):
+        chunk = todo[start : start + s.shard_size]
+        if mode != "disc" and (s.temperature or 0) > 0:
+            seed = hashlib.sha256(f"{s.sample}:{chunk[0]}".encode()).hexdigest()  # stable across processes
+            torch.manual_seed(int(seed[:8], 16))
+        out = embedder.encode(
+            [task.items[k] for k in chunk],
+            mode=mode,
+            batch_size=s.batch_size,
+            progress=s.progress,
+            max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature,
+        )
+        info = [
+            {
+                "seconds": out.seconds[i],
+                "gen_tokens": out.gen_tokens[i] if out.gen_tokens else 0,
+                "gen_emb_found": out.gen_emb_found[i] if out.gen_emb_found else None,
+            }
+            for i in range(len(chunk))
+        ]
+        cache.add(chunk, out.vectors, info)
+    return len(todo)
+
+
+def rank_task(task: Task, q: dict[str, np.ndarray], c: dict[str, np.ndarray]) -> list[tuple[list[str], int]]:
+    """Per query row: the top-10 candidate keys (best first) and the rank (1-based) of its best relevant."""
+    out = []
+    if task.local is None:
+        keys = task.corpus
+        cmat = np.stack([c[k] for k in keys])  # (C, D)
+        col = {k: j for j, k in enumerate(keys)}
+    for row, qk in enumerate(task.queries):
+        if task.local is not None:
+            keys = task.local[row]
+            cmat = np.stack([c[k] for k in keys])  # (L, D)
+            col = {k: j for j, k in enumerate(keys)}
+        scores = cmat @ q[qk]  # (C,) cosine: vectors are unit length
+        top = np.argsort(-scores, kind="stable")[:TOP]
+        rel = [scores[col[k]] for k in task.relevance[row] if k in col]
+        gold_rank = int((scores > max(rel)).sum()) + 1 if rel else -1  # -1: no relevant candidate ranked
+        out.append(([keys[j] for j in top], gold_rank))
+    return out
+
+
+def evaluate_task(
+    task: Task, embedder: Embedder, s: EvalSettings, cache_root: Path, fingerprint: str
+) -> TaskResult:
+    t0 = time.perf_counter()
+    qcache = EmbeddingCache(cache_root, fingerprint, s.cache_tag(s.qry_mode))
+    tcache = (
+        qcache
+        if s.tgt_mode == s.qry_mode
+        else EmbeddingCache(cache_root, fingerprint, s.cache_tag(s.tgt_mode))
+    )
+    cand = task.candidate_keys()
+    n_now = embed_keys(embedder, qcache, task, task.queries, s.qry_mode, s)
+    n_now += embed_keys(embedder, tcache, task, cand, s.tgt_mode, s)
+    q = {k: qcache.vectors[k] for k in task.queries}
+    c = {k: tcache.vectors[k] for k in cand}
+    per_query, rows = [], []
+    metric = task.info.metric
+    for row, (ranked, gold_rank) in enumerate(rank_task(task, q, c)):
+        m = query_metrics(ranked, task.relevance[row])
+        rows.append(m)
+        info = qcache.info[task.queries[row]]
+        per_query.append(
+            {
+                "task": task.name,
+                "row": row,
+                "query": task.queries[row],
+                "score": m[metric],
+                "gold_rank": gold_rank,
+                "qry_mode": s.qry_mode,
+                "tgt_mode": s.tgt_mode,
+                "reasoned": s.qry_mode == "gen",
+                "gen_tokens": info.get("gen_tokens", 0),
+                "latency_s": info.get("seconds", 0.0),
+            }
+        )
+    n_refs = sum(len(x) for x in task.local) if task.local is not None else len(task.corpus)
+    return TaskResult(
+        task.name,
+        aggregate(rows),
+        per_query,
+        unique_items=len(set(task.queries) | set(cand)),
+        total_items=len(task.queries) + n_refs,
+        embedded_now=n_now,
+        seconds=time.perf_counter() - t0,
+    )
