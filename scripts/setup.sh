@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up a fresh machine for mmemb, then run the main job on the embedded default (nano).
+# Set up a fresh machine for mmemb, then run the main job: evaluate the embedded default (nano) on mmeb-mini.
 #   bash scripts/setup.sh            # set up + run the main job
 #   bash scripts/setup.sh --no-run   # set up only (scripts/test.sh uses this)
 # Idempotent: a second run installs nothing new and takes seconds.
@@ -34,8 +34,6 @@ python -c "from mmemb.backbones.assets import smollm2_dir, efficientnet_weights;
 echo "setup: ready (.venv; activate with: . .venv/bin/activate)" >&2
 
 if [ "$run" = 1 ]; then
-  mkdir -p out
-  mmemb embed --model nano --input examples/items.jsonl --output out/examples.disc.npy
-  mmemb embed --model nano --input examples/items.jsonl --output out/examples.gen.npy --mode gen
-  python examples/similarity.py out/examples.disc.npy out/examples.gen.npy
+  # The main job: evaluate nano on mmeb-mini (built from the Debian data on first use, ~1 min), disc mode.
+  mmemb eval --model nano --tasks mmeb-mini --out runs/eval/nano-mmeb-mini
 fi

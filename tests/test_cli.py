@@ -122,3 +122,61 @@ def test_duplicate_ids_and_bad_output_name(tmp_path, capsys):
     assert "duplicate id 'a'" in capsys.readouterr().err
     assert main(["embed", "--input", str(src), "--output", str(tmp_path / "o.txt")]) == 2
     assert ".npy" in capsys.readouterr().err
+
+
+def test_eval_nano_on_a_small_real_mini(use_nano, tmp_path, capsys):
+    """The real CLI, the real nano, a small build of the real mmeb-mini: every task scored, outputs written."""
+    from pathlib import Path
+
+    from mmemb.data.mini import build_mini
+
+    if not Path("/usr/share/openclipart/png").is_dir():
+        pytest.skip("Debian data packages not installed (scripts/setup.sh installs them as root)")
+    root = build_mini(tmp_path / "mini", seed=0, scale=0.02)
+    out = tmp_path / "run"
+    args = [
+        "eval",
+        "--model",
+        "nano",
+        "--tasks",
+        "mmeb-mini",
+        "--data-root",
+        str(root),
+        "--out",
+        str(out),
+        "--limit",
+        "2",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--quiet",
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "overall" in printed and "median latency" in printed
+    scores = json.loads((out / "scores.disc-disc.json").read_text())
+    tasks = json.loads((root / "tasks.json").read_text())
+    assert sum(len(v) for v in scores["metrics"].values()) == len(tasks)
+    for f in ("report.txt", "analysis.json", "plot.png", "per_query.disc-disc.jsonl"):
+        assert (out / f).is_file()
+    assert main(args) == 0  # second run: everything from the cache
+    assert "embedded now 0" in capsys.readouterr().err
+
+
+def test_report_command_on_the_published_file(capsys):
+    from pathlib import Path
+
+    published = (
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "scores" / "VLM2Vec-V2.0-Qwen2VL-2B.json"
+    )
+    if not published.is_file():
+        pytest.skip("../shared is not beside the repository")
+    assert main(["report", str(published)]) == 0
+    out = capsys.readouterr().out
+    assert "64.9" in out and "34.7" in out and "69.2" in out and "partial" in out
+    assert "ViDoSeek-doc" in out and "MomentSeeker_1k8" in out
+
+
+def test_eval_mmeb_v2_without_data_explains_and_stops(capsys):
+    assert main(["eval", "--tasks", "mmeb-v2"]) == 2
+    err = capsys.readouterr().err
+    assert "TIGER-Lab/MMEB-V2" in err and "--data-root" in err

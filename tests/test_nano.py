@@ -90,7 +90,10 @@ def test_save_load_round_trip_is_identical(nano, images, tmp_path):
         items = [Sample(id="t", text="a cat"), Sample(id="i", image=images[0], text="image")]
         before = nano.encode(items).vectors
         nano.save_pretrained(tmp_path / "m")
-        assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["embedder_config.json", "nano.safetensors"]
+        assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+            "embedder_config.json",
+            "nano.safetensors",
+        ]
         loaded = Embedder.from_pretrained(tmp_path / "m")
         assert loaded.fingerprint() == nano.fingerprint()
         np.testing.assert_array_equal(loaded.encode(items).vectors, before)

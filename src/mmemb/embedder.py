@@ -138,7 +138,7 @@ class Embedder:
             start_time = time.perf_counter()
             prompts = self.backbone.prepare(batch, [self.prompt(s) for s in batch])
             if mode == "disc":
-                hidden, _ = self.backbone.prefill(prompts)
+                hidden, _ = self.backbone.prefill(prompts, use_cache=False)
                 vecs = hidden[:, -1]  # (B, D): the state at <disc_emb>
             else:
                 vecs, out_ids, ok = self.generate(

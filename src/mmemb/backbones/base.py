@@ -72,8 +72,10 @@ class Backbone(nn.Module):
         position_ids: torch.Tensor,
         cache: Any = None,
         extra: dict | None = None,
+        use_cache: bool = True,
     ) -> tuple[torch.Tensor, Any]:
-        """Last-layer hidden states (B, T, D) after the final norm, and the updated KV cache."""
+        """Last-layer hidden states (B, T, D) after the final norm, and the updated KV cache (None when
+        use_cache is False)."""
         raise NotImplementedError
 
     @property
@@ -157,10 +159,11 @@ class Backbone(nn.Module):
                 )
 
     @torch.no_grad()
-    def prefill(self, prompts: Prompts) -> tuple[torch.Tensor, DecodeState]:
-        """One forward over the prompts. Returns hidden states (B, T, D) and the state to decode from."""
+    def prefill(self, prompts: Prompts, use_cache: bool = True) -> tuple[torch.Tensor, DecodeState]:
+        """One forward over the prompts. Returns hidden states (B, T, D) and the state to decode from
+        (use_cache=False: disc only, no KV cache kept, nothing to decode from)."""
         hidden, cache = self.forward_hidden(
-            prompts.input_ids, prompts.attention_mask, prompts.position_ids, None, prompts.extra
+            prompts.input_ids, prompts.attention_mask, prompts.position_ids, None, prompts.extra, use_cache
         )
         pos = prompts.position_ids if self.mrope else prompts.position_ids.unsqueeze(0)  # (P, B, T)
         next_pos = pos.amax(dim=(0, 2)) + 1  # (B,): text after media continues from the largest position

@@ -129,7 +129,7 @@ class HFBackbone(Backbone):
             extra["mm_token_type_ids"] = mm_types
         return Prompts(ids, mask, positions, extra)
 
-    def forward_hidden(self, input_ids, attention_mask, position_ids, cache=None, extra=None):
+    def forward_hidden(self, input_ids, attention_mask, position_ids, cache=None, extra=None, use_cache=True):
         device = self.device
         extra = {k: v.to(device) for k, v in (extra or {}).items()}
         out = self.model.model(
@@ -137,7 +137,7 @@ class HFBackbone(Backbone):
             attention_mask=attention_mask.to(device),
             position_ids=position_ids.to(device),
             past_key_values=cache,
-            use_cache=True,
+            use_cache=use_cache,
             **extra,
         )
         return out.last_hidden_state, out.past_key_values

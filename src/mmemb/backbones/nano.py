@@ -135,7 +135,7 @@ class NanoBackbone(Backbone):
             extra["pixel_values"] = preprocess_images(images, self.config.image_size)
         return Prompts(ids, mask, self.text_positions(mask), extra)
 
-    def forward_hidden(self, input_ids, attention_mask, position_ids, cache=None, extra=None):
+    def forward_hidden(self, input_ids, attention_mask, position_ids, cache=None, extra=None, use_cache=True):
         embeds = self.input_embeddings()(input_ids)  # (B, T, D)
         if extra and "pixel_values" in extra:
             visual = self.encode_images(extra["pixel_values"].to(embeds.device))  # (N, g*g, D)
@@ -146,7 +146,7 @@ class NanoBackbone(Backbone):
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=cache,
-            use_cache=True,
+            use_cache=use_cache,
         )
         return out.last_hidden_state, out.past_key_values
 
