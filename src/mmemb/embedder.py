@@ -87,7 +87,8 @@ class Embedder:
     def fingerprint(self) -> str:
         """Hash of the config and every weight: two embedders with equal fingerprints embed identically."""
         h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
-        for name, p in sorted(self.backbone.state_dict().items()):
+        tensors = dict(self.backbone.named_parameters()) | dict(self.backbone.named_buffers())  # shared once
+        for name, p in sorted(tensors.items()):
             h.update(name.encode())
             h.update(p.detach().float().cpu().numpy().tobytes())
         return h.hexdigest()[:16]

@@ -45,8 +45,9 @@ class DecodeState:
 
 
 class Backbone(nn.Module):
-    """Subclasses implement `media_prompt`, `prepare`, `forward_hidden`, `save`, `load` and set
-    `tokenizer`, `lm_head` and `mrope` (True when positions are (3, B, T) multimodal RoPE)."""
+    """Subclasses implement `media_prompt`, `prepare`, `forward_hidden`, `save` (and `load_weights` when
+    construction does not load everything) and set `tokenizer`, `hf_model` (the transformers model whose
+    embeddings and LM head are used) and `mrope` (True when positions are (3, B, T) multimodal RoPE)."""
 
     kind: str = ""
     mrope: bool = False
@@ -55,6 +56,7 @@ class Backbone(nn.Module):
         super().__init__()
         self.config = config
         self.tokenizer: Any = None
+        self.hf_model: Any = None
 
     # ---- subclass API -------------------------------------------------------------------------
     def media_prompt(self, sample: Sample) -> str:
@@ -78,15 +80,20 @@ class Backbone(nn.Module):
         use_cache is False)."""
         raise NotImplementedError
 
+    # ---- the wrapped transformers model (subclasses set `self.hf_model`) ------------------------
     @property
     def lm_head(self) -> nn.Module:
-        raise NotImplementedError
+        return self.hf_model.lm_head
 
     def input_embeddings(self) -> nn.Embedding:
-        raise NotImplementedError
+        return self.hf_model.get_input_embeddings()
 
     def resize_vocab(self, n: int) -> None:
-        raise NotImplementedError
+        self.hf_model.resize_token_embeddings(n, mean_resizing=False)
+
+    def num_images(self, sample: Sample) -> int:
+        """Images the sample contributes: its sampled frames, its pages, or its one image."""
+        return min(len(sample.frames), self.config.num_frames) if sample.frames else len(sample.media())
 
     def save(self, directory: Path) -> None:
         raise NotImplementedError

@@ -19,7 +19,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..config import BackboneConfig
 from ..media import sample_images
@@ -77,6 +76,7 @@ class HFBackbone(Backbone):
             )
         self.family = FAMILIES[family]
         self.model = AutoModelForImageTextToText.from_pretrained(source, dtype=DTYPES[config.dtype])
+        self.hf_model = self.model
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         self.tokenizer.padding_side = "left"
         size = {}
@@ -87,20 +87,9 @@ class HFBackbone(Backbone):
         self.image_processor = AutoImageProcessor.from_pretrained(source, **({"size": size} if size else {}))
         self.image_pad_id = self.token_id(self.family["image_pad"])
 
-    @property
-    def lm_head(self) -> nn.Module:
-        return self.model.lm_head
-
-    def input_embeddings(self) -> nn.Embedding:
-        return self.model.get_input_embeddings()
-
-    def resize_vocab(self, n: int) -> None:
-        self.model.resize_token_embeddings(n, mean_resizing=False)
-
     def media_prompt(self, sample: Sample) -> str:
-        n = min(len(sample.frames), self.config.num_frames) if sample.frames else len(sample.media())
         f = self.family
-        return (f["vision_start"] + f["image_pad"] + f["vision_end"]) * n
+        return (f["vision_start"] + f["image_pad"] + f["vision_end"]) * self.num_images(sample)
 
     def prepare(self, samples: list[Sample], texts: list[str]) -> Prompts:
         pad = self.family["image_pad"]

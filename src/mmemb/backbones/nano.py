@@ -56,7 +56,7 @@ class NanoBackbone(Backbone):
         with torch.no_grad():
             for p in self.projector.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen) * (0.02 if p.ndim == 2 else 0.0))
-        self._lm = lm
+        self.hf_model = lm  # the plain causal LM (embeddings, LM head); self.lm wraps it with LoRA
         self.lm: nn.Module = lm
         self.add_special_tokens([IMAGE_TOKEN])
         self.image_token_id = self.token_id(IMAGE_TOKEN)
@@ -85,19 +85,8 @@ class NanoBackbone(Backbone):
         self.vision.eval()  # frozen BatchNorm statistics must never update
         return self
 
-    @property
-    def lm_head(self) -> nn.Module:
-        return self._lm.lm_head
-
-    def input_embeddings(self) -> nn.Embedding:
-        return self._lm.get_input_embeddings()
-
-    def resize_vocab(self, n: int) -> None:
-        self._lm.resize_token_embeddings(n, mean_resizing=False)
-
     def media_prompt(self, sample: Sample) -> str:
-        n = min(len(sample.frames), self.config.num_frames) if sample.frames else len(sample.media())
-        return (IMAGE_TOKEN * self.config.visual_tokens + "\n") * n
+        return (IMAGE_TOKEN * self.config.visual_tokens + "\n") * self.num_images(sample)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) normalised images -> (N, g*g, D) visual tokens.
