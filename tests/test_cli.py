@@ -11,7 +11,7 @@ from PIL import Image
 from mmemb import Embedder, Sample
 from mmemb.cli import COMMANDS, main
 
-from .conftest import write_image
+from .conftest import PUBLISHED_SCORES, write_image
 
 
 @pytest.fixture
@@ -163,11 +163,7 @@ def test_eval_nano_on_a_small_real_mini(use_nano, tmp_path, capsys):
 
 
 def test_report_command_on_the_published_file(capsys):
-    from pathlib import Path
-
-    published = (
-        Path(__file__).resolve().parents[2] / "shared" / "data" / "scores" / "VLM2Vec-V2.0-Qwen2VL-2B.json"
-    )
+    published = PUBLISHED_SCORES
     if not published.is_file():
         pytest.skip("../shared is not beside the repository")
     assert main(["report", str(published)]) == 0

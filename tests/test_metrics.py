@@ -10,7 +10,6 @@ import doctest
 import json
 import math
 import random
-from pathlib import Path
 
 import pytest
 
@@ -25,7 +24,8 @@ from mmemb.eval.metrics import (
     relevance_from_labels,
 )
 
-PUBLISHED = Path("/work/shared/data/scores/VLM2Vec-V2.0-Qwen2VL-2B.json")
+from .conftest import PUBLISHED_SCORES
+
 FILLER = [f"x{i}" for i in range(20)]  # never relevant
 
 # The 24 metric keys of a published per-dataset entry, in the file's order (then num_pred, num_data).
@@ -267,9 +267,9 @@ def test_single_relevant_identities_on_random_rankings() -> None:
 def test_published_imagenet_entry_shows_the_single_relevant_identities() -> None:
     # ImageNet-1K is single-label classification (1000 queries): the published means obey the same
     # identities, e.g. precision@5 0.1912 = 0.956 / 5 and f1@5 0.318667 = 2 * 0.956 / 6.
-    if not PUBLISHED.is_file():
-        pytest.skip(f"{PUBLISHED} not available")
-    entry = json.loads(PUBLISHED.read_text())["metrics"]["image"]["ImageNet-1K"]
+    if not PUBLISHED_SCORES.is_file():
+        pytest.skip(f"{PUBLISHED_SCORES} not available")
+    entry = json.loads(PUBLISHED_SCORES.read_text())["metrics"]["image"]["ImageNet-1K"]
     assert list(entry) == PUBLISHED_KEYS + ["num_pred", "num_data"]
     assert entry["num_pred"] == entry["num_data"] == 1000
     single_relevant_identities(entry)

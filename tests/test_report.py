@@ -13,23 +13,15 @@ import pytest
 from mmemb.eval.registry import META_TASKS, MMEB_V2, MODALITIES, DatasetInfo, meta_task_order, suite
 from mmemb.eval.report import ScoreFileError, format_report, load_scores, summarize, write_scores
 
-PUBLISHED_NAME = "VLM2Vec-V2.0-Qwen2VL-2B.json"
-# ../shared beside the repository (as CI lays it out), or shared/ inside it
-PUBLISHED_CANDIDATES = [
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "scores" / PUBLISHED_NAME,
-    Path(__file__).resolve().parents[1] / "shared" / "data" / "scores" / PUBLISHED_NAME,
-]
+from .conftest import PUBLISHED_SCORES
 
 
 @pytest.fixture
 def published() -> Path:
     """VLM2Vec's real published score file (FACTS §3)."""
-    for path in PUBLISHED_CANDIDATES:
-        if path.is_file():
-            return path
-    pytest.skip(
-        f"published score file {PUBLISHED_NAME} not found in {[str(p) for p in PUBLISHED_CANDIDATES]}"
-    )
+    if not PUBLISHED_SCORES.is_file():
+        pytest.skip(f"published score file not found at {PUBLISHED_SCORES} (../shared beside the repository)")
+    return PUBLISHED_SCORES
 
 
 def row(report: str, label: str) -> str:
@@ -163,7 +155,7 @@ def test_same_model_name_twice_gets_distinct_columns(published, tmp_path):
     copy_path = tmp_path / "copy.json"
     copy_path.write_text(published.read_text())
     report = format_report([summarize(load_scores(published)), summarize(load_scores(copy_path))])
-    assert f"[{PUBLISHED_NAME}]" in report and "[copy.json]" in report
+    assert f"[{published.name}]" in report and "[copy.json]" in report
     assert row(report, "overall (partial: 76/78)").split()[-2:] == ["59.0", "59.0"]
 
 
