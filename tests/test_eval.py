@@ -16,7 +16,7 @@ from mmemb.config import EmbedderConfig
 from mmemb.eval import analysis
 from mmemb.eval.evaluate import evaluate, resolve
 from mmemb.eval.registry import DatasetInfo
-from mmemb.eval.runner import EvalSettings, evaluate_task
+from mmemb.eval.runner import EvalSettings, evaluate_task, rank_task
 from mmemb.eval.tasks import TaskError, load_beir_task, load_rows_task
 from mmemb.types import Embeddings, InputError
 
@@ -177,8 +177,14 @@ def test_local_vs_global_ranking(root):
         "m",
     )
     assert local.metrics["hit@1"] == 1.0 and glob.metrics["hit@1"] == 1.0
-    # global: each query ranks the whole corpus of 6 clips; local: only its own 4 candidates
-    assert all(len(q_rank) for q_rank in [local.per_query, glob.per_query])
+    # local: each query ranks only its own 4 candidates; global: the whole corpus of 6 clips
+    for task, n in (
+        (load_rows_task(info("T2I"), root), 4),
+        (load_rows_task(info("VRET", "video", "global"), root), 6),
+    ):
+        vecs = {k: emb.encode([task.items[k]]).vectors[0] for k in task.items}
+        for ranked, gold_rank in rank_task(task, vecs, vecs):
+            assert len(ranked) == n and gold_rank == 1
     assert local.total_items == 4 + 16 and local.unique_items == 3 + 4
     assert glob.total_items == 6 + 6
 

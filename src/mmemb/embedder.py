@@ -33,17 +33,17 @@ CONFIG_NAME = "embedder_config.json"
 
 class Embedder:
     def __init__(self, backbone: Backbone, config: EmbedderConfig) -> None:
+        if not config.prompt.template.endswith("{disc_emb}"):
+            raise InputError("prompt.template must end with {disc_emb}")
         self.backbone = backbone
         self.config = config
         backbone.add_special_tokens(config.tokens.all())
         tok = config.tokens
         self.ids = {name: backbone.token_id(getattr(tok, name)) for name in vars(tok)}
-        self.stop_ids = {
-            i for i in (backbone.tokenizer.eos_token_id, backbone.tokenizer.pad_token_id) if i is not None
-        }
+        self.stop_ids = torch.tensor(
+            [i for i in (backbone.tokenizer.eos_token_id, backbone.tokenizer.pad_token_id) if i is not None]
+        )  # generation ends (without <gen_emb>) at any of these
         self.pad_id = backbone.tokenizer.pad_token_id or 0
-        if not config.prompt.template.endswith("{disc_emb}"):
-            raise InputError("prompt.template must end with {disc_emb}")
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -152,8 +152,9 @@ class Embedder:
             if self.config.normalize:
                 vecs = torch.nn.functional.normalize(vecs, dim=-1)
             vectors[idx] = vecs.cpu().numpy()
+            per_item = (time.perf_counter() - start_time) / len(idx)
             for i in idx:
-                seconds[i] = (time.perf_counter() - start_time) / len(idx)
+                seconds[i] = per_item
             bar.update(len(idx))
         bar.close()
         if mode == "disc":
@@ -194,7 +195,7 @@ class Embedder:
         for _ in range(g.max_new_tokens if max_new_tokens is None else max_new_tokens):
             tok = _choose(logits, g.temperature if temperature is None else temperature, g.top_p)  # (B,)
             tok = torch.where(prev == answer_close, torch.full_like(tok, gen_emb), tok)
-            stop = torch.tensor([t in self.stop_ids for t in tok.tolist()], device=tok.device) & ~done
+            stop = torch.isin(tok, self.stop_ids.to(tok.device)) & ~done
             vecs[stop] = last[stop]  # ended without <gen_emb>: fall back to the last fed state
             done |= stop
             active = ~done

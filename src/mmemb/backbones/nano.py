@@ -73,9 +73,7 @@ class NanoBackbone(Backbone):
             # LoRA A is initialised from the global RNG: seed it (in a forked RNG, leaving the caller's alone)
             # so the same config builds the same weights, and the same fingerprint, in every process.
             with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
-                warnings.simplefilter(
-                    "ignore", FutureWarning
-                )  # peft reads a deprecated transformers property
+                warnings.simplefilter("ignore", FutureWarning)  # peft reads a deprecated transformers attr
                 torch.manual_seed(config.seed)
                 self.lm = get_peft_model(lm, lora)
         self.decoder = lm.model  # LoRA layers are injected in place, so this includes them
@@ -114,12 +112,6 @@ class NanoBackbone(Backbone):
         ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, T)
         self.check_lengths(samples, mask.sum(1).tolist())
         extra: dict[str, Any] = {}
-        n_img_tokens = int((ids == self.image_token_id).sum())
-        if n_img_tokens != len(images) * self.config.visual_tokens:
-            raise InputError(
-                f"{n_img_tokens} image tokens in the prompts for {len(images)} images: an item's "
-                f"text may contain the reserved token {IMAGE_TOKEN!r}"
-            )
         if images:
             extra["pixel_values"] = preprocess_images(images, self.config.image_size)
         return Prompts(ids, mask, self.text_positions(mask), extra)
