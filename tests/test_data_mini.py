@@ -17,8 +17,8 @@ import pytest
 
 from mmemb.data import sources
 from mmemb.data.mini import build_mini, file_hashes, is_complete, read_manifest
-from mmemb.data.mini_common import category_labels, label_of, slug, usable_clipart
-from mmemb.data.mini_image import QA_QUESTIONS, clean_keyword
+from mmemb.data.mini_common import Clip, category_labels, label_of, slug, usable_clipart
+from mmemb.data.mini_image import QA_QUESTIONS, clean_keyword, clip_hint
 
 SCALE = 0.05
 TASKS = {
@@ -32,6 +32,7 @@ TASKS = {
     "Clipart-VideoRET": ("video", "global"),
     "Clipart-VideoCLS": ("video", "local"),
 }
+HINTED = ("Clipart-CLS", "Clipart-QA", "Clipart-I2T", "Clipart-VideoCLS")  # train rows carry qry_hint
 IMAGE_KEYS = ["qry_inst", "qry_text", "qry_img_path", "tgt_inst", "tgt_text", "tgt_img_path"]
 VIDEO_KEYS = ["qry_inst", "qry_text", "qry_video_path", "tgt_inst", "tgt_text", "tgt_video_path"]
 DATA = [
@@ -169,7 +170,8 @@ def test_rows_are_valid_and_the_first_candidate_is_gold(builds, name):
         rows = read_jsonl(root / name / f"{split}.jsonl")
         assert len({r["qry_inst"] for r in rows}) == 1 and len({r["tgt_inst"] for r in rows}) == 1
         for row in rows:
-            assert list(row) == (VIDEO_KEYS if kind == "video" else IMAGE_KEYS)
+            hinted = ["qry_hint"] if split == "train" and name in HINTED else []
+            assert list(row) == (VIDEO_KEYS if kind == "video" else IMAGE_KEYS) + hinted
             texts, paths = row["tgt_text"], row[f"tgt_{kind}_path"]
             assert len(texts) == len(paths) >= 1
             assert len(texts) == 1 if TASKS[name][1] == "global" else len(texts) >= 10
@@ -216,6 +218,67 @@ def test_visdoc_is_beir_with_graded_qrels_on_existing_ids(builds):
             grades = sorted(int(s) for q, _, s in qrels if q == qid)
             assert grades in ([2], [1, 2])
             assert len({c for q, c, _ in qrels if q == qid}) == len(grades)
+
+
+# ---- privileged hints ----------------------------------------------------------------------------------
+
+
+@needs_data
+def test_hints_are_on_train_rows_of_four_tasks_only_and_never_hold_the_answer(builds):
+    root = builds[0]
+    qa_test_answers = {r["tgt_text"][0] for r in read_jsonl(root / "Clipart-QA" / "test.jsonl")}
+    for task in json.loads((root / "tasks.json").read_text()):
+        name = task["name"]
+        if task["format"] == "beir":
+            for split in ("train", "test"):
+                assert all("hint" not in r for r in read_jsonl(root / name / split / "queries.jsonl"))
+            continue
+        assert all("qry_hint" not in r for r in read_jsonl(root / name / "test.jsonl")), name
+        train = read_jsonl(root / name / "train.jsonl")
+        if name not in HINTED:
+            assert all("qry_hint" not in r for r in train), name
+            continue
+        hints = [r["qry_hint"] for r in train]
+        assert all(isinstance(h, str) and len(h) <= 300 for h in hints), name
+        assert sum(bool(h) for h in hints) > len(hints) / 2, f"{name}: most train rows should have a hint"
+        for row, hint in zip(train, hints, strict=True):
+            assert row["tgt_text"][0].lower() not in hint.lower(), (name, row["tgt_text"][0], hint)
+            listed = hint.split("keywords: ", 1)[1].split(";")[0].split(", ") if "keywords: " in hint else []
+            assert not set(listed) & qa_test_answers, (name, hint)
+
+
+def hint_clip(key: str, title: str, keywords: tuple[str, ...], description: str = "") -> Clip:
+    item = sources.ClipartItem(
+        key=key,
+        png=Path("/nonexistent.png"),
+        category=key.split("/")[0],
+        categories=(key.split("/")[0],),
+        title=title,
+        keywords=keywords,
+        description=description,
+    )
+    return Clip(item=item, title=title, family=title.lower())
+
+
+def test_clip_hint_drops_every_piece_holding_the_gold_text():
+    clip = hint_clip(
+        "animals/mammals/housecats/cat_01",
+        "Cartoon Cat",
+        ("animals", "pet", "kitten", "Mammal_Art", "clipart", "cat", "dog"),
+        "A cat drawn for http://example.org by me@example.org. " + "Very long words here. " * 20,
+    )
+    cls = clip_hint(clip, ("animals",))
+    assert cls.startswith("title: Cartoon Cat; keywords: pet, kitten, cat, dog; filed under: mammals / ")
+    assert "animals" not in cls.lower() and "http" not in cls and "@" not in cls and len(cls) <= 300
+    assert "description: A cat drawn for by" in cls and cls.endswith("...")
+    qa = clip_hint(clip, ("cat",), held_out={"dog"})
+    assert "cat" not in qa.lower() and "dog" not in qa and qa.startswith("keywords: animals, pet, kitten;")
+    i2t = clip_hint(clip, ("Cartoon Cat",), title=False)
+    assert "cartoon cat" not in i2t.lower() and not i2t.startswith("title")
+    # a gold text hidden in a label ("key" in "keywords") makes the labels go, not the hint
+    key = clip_hint(hint_clip("tools/k_01", "Brass thing", ("key", "lock", "brass")), ("key",))
+    assert "key" not in key.lower() and key == "Brass thing; lock, brass"
+    assert clip_hint(hint_clip("tools/k_01", "Key", ("key",)), ("key",)) == ""
 
 
 # ---- no leak between train and test -------------------------------------------------------------------

@@ -21,6 +21,7 @@ COMMANDS = {
     "report": "Print meta-task, modality and overall tables for score files, side by side.",
     "data": "Build datasets: `mmemb data build-mini` makes the mmeb-mini benchmark from Debian data.",
     "info": "Print a model's settings (backbone, tokens, modes) and where its weights come from.",
+    "reason": "Reasoning paths: generate candidate rationales, select them by counterfactual utility, inspect.",
 }
 
 
@@ -100,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help=COMMANDS["info"], description=COMMANDS["info"])
     p.add_argument("--model", default="nano")
+
+    from .reasoning.cli import add_parser as add_reason
+
+    add_reason(sub)
     return parser
 
 
@@ -118,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             "report": cmd_report,
             "data": cmd_data,
             "info": cmd_info,
+            "reason": cmd_reason,
         }
         return handlers[args.command](args)
     except (InputError, AssetError) as e:
@@ -225,6 +231,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def cmd_reason(args: argparse.Namespace) -> int:
+    from .reasoning.cli import cmd_reason as run
+
+    return run(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -117,16 +117,30 @@ class Embedder:
         progress: bool = False,
         max_new_tokens: int | None = None,
         temperature: float | None = None,
+        completions: Sequence[str] | None = None,
     ) -> Embeddings:
         """Embed inputs in order. Batches are formed from length-sorted inputs (less padding); the vectors
         do not depend on the batching (left padding + mask-derived positions).
 
         max_new_tokens, temperature: gen only, override `config.generation` for this call.
+        completions: gen only, *teacher-forced*: row i's prompt is followed by completions[i] (e.g.
+        `<think>...</think><answer>...</answer><gen_emb>`, see `reasoning.format`) and the vector is the state
+        at its last token, read in one forward pass with no generation (scoring and training use this).
         Each row's `seconds` is its batch's wall time divided by the batch size (amortised latency)."""
         if mode not in MODES:
             raise InputError(f"unknown mode {mode!r}; choose one of {list(MODES)}")
         samples = as_samples(list(inputs))
-        order = sorted(range(len(samples)), key=lambda i: self._cost(samples[i]))
+        if completions is not None:
+            if mode != "gen" or len(completions) != len(samples):
+                raise InputError(
+                    f"completions are teacher-forced gen: give mode='gen' and one completion per input "
+                    f"(got mode={mode!r}, {len(completions)} completions for {len(samples)} inputs)"
+                )
+            completions = list(completions)
+        order = sorted(
+            range(len(samples)),
+            key=lambda i: self._cost(samples[i]) + (len(completions[i]) if completions else 0),
+        )
         width = self.backbone.input_embeddings().weight.shape[1]
         vectors = np.zeros((len(samples), width), dtype=np.float32)
         texts, tokens, found = [""] * len(samples), [0] * len(samples), [True] * len(samples)
@@ -137,10 +151,11 @@ class Embedder:
             idx = order[start : start + batch_size]
             batch = [samples[i] for i in idx]
             start_time = time.perf_counter()
-            prompts = self.backbone.prepare(batch, [self.prompt(s) for s in batch])
-            if mode == "disc":
+            rendered = [self.prompt(samples[i]) + (completions[i] if completions else "") for i in idx]
+            prompts = self.backbone.prepare(batch, rendered)
+            if mode == "disc" or completions is not None:
                 hidden, _ = self.backbone.prefill(prompts, use_cache=False)
-                vecs = hidden[:, -1]  # (B, D): the state at <disc_emb>
+                vecs = hidden[:, -1]  # (B, D): the state at <disc_emb> (disc) or the completion's last token
             else:
                 vecs, out_ids, ok = self.generate(
                     prompts, max_new_tokens=max_new_tokens, temperature=temperature
@@ -159,6 +174,8 @@ class Embedder:
         bar.close()
         if mode == "disc":
             return Embeddings(vectors, mode, seconds=seconds)
+        if completions is not None:
+            return Embeddings(vectors, mode, texts=completions, seconds=seconds)
         return Embeddings(vectors, mode, texts=texts, gen_tokens=tokens, gen_emb_found=found, seconds=seconds)
 
     def _cost(self, s: Sample) -> int:
@@ -177,7 +194,7 @@ class Embedder:
         Returns vectors (B, D), the generated token ids per row (ending with <gen_emb> when found), and per
         row whether <gen_emb> was reached. A row that hits max_new_tokens or an end-of-sequence token first
         falls back to the state at its last fed token and is flagged False. `<gen_emb>` is forced right after
-        `</answer>`. `reuse_prefill=False` prefills a second time (only for the benchmark that shows why not).
+        `</answer>` and after `<no_think>` (the no-think completion is `<no_think><gen_emb>`). `reuse_prefill=False` prefills a second time (only for the benchmark that shows why not).
         """
         bb, g = self.backbone, self.config.generation
         hidden, state = bb.prefill(prompts)
@@ -191,10 +208,13 @@ class Embedder:
         vecs = last.clone()
         prev = torch.full((B,), -1, dtype=torch.long, device=last.device)
         logits = bb.logits(last)  # (B, V)
-        gen_emb, answer_close = self.ids["gen_emb"], self.ids["answer_close"]
+        gen_emb = self.ids["gen_emb"]
+        force_after = torch.tensor([self.ids["answer_close"], self.ids["no_think"]], device=last.device)
         for _ in range(g.max_new_tokens if max_new_tokens is None else max_new_tokens):
-            tok = _choose(logits, g.temperature if temperature is None else temperature, g.top_p)  # (B,)
-            tok = torch.where(prev == answer_close, torch.full_like(tok, gen_emb), tok)
+            tok = sample_tokens(
+                logits, g.temperature if temperature is None else temperature, g.top_p
+            )  # (B,)
+            tok = torch.where(torch.isin(prev, force_after), torch.full_like(tok, gen_emb), tok)
             stop = torch.isin(tok, self.stop_ids.to(tok.device)) & ~done
             vecs[stop] = last[stop]  # ended without <gen_emb>: fall back to the last fed state
             done |= stop
@@ -217,7 +237,9 @@ class Embedder:
         return vecs, out, found
 
 
-def _choose(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+def sample_tokens(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Greedy when temperature == 0, else nucleus sampling. (B, V) -> (B,)"""
     if temperature <= 0:
         return logits.argmax(-1)
@@ -226,7 +248,7 @@ def _choose(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Ten
         sorted_p, sorted_i = probs.sort(dim=-1, descending=True)
         keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the top token
         probs = torch.zeros_like(probs).scatter(-1, sorted_i, sorted_p * keep)
-    return torch.multinomial(probs, 1).squeeze(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 def _progress(total: int, enabled: bool, desc: str):

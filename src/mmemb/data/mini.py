@@ -7,6 +7,7 @@ Layout under OUT (every path inside a file is relative to OUT):
     <Task>/{train,test}.jsonl   image rows  {qry_inst, qry_text, qry_img_path, tgt_inst, tgt_text[], tgt_img_path[]}
                                 video rows  the same with qry_video_path / tgt_video_path (frame folders)
                                 the first candidate is the gold one; global-ranking rows hold only the gold
+                                train rows of Clipart-CLS, -QA, -I2T and -VideoCLS add `qry_hint` (below)
     WordNet-DocRet/{train,test}/{corpus.jsonl, queries.jsonl, qrels.tsv, pages/}   BEIR style, graded qrels
     media/                      pictures, tiles and frame folders the rows point to
     tasks.json, PROVENANCE.md, manifest.json (sha256 of every other file and one hash over them all)
@@ -14,6 +15,13 @@ Layout under OUT (every path inside a file is relative to OUT):
 Source items go to train or test by a seeded hash of a stable key (clip-art title family, Fashion-MNIST
 pixel hash, WordNet synset offset), so the two splits share no picture and no item text. Only the label
 sets (category and class names) and the fixed QA questions occur in both splits, by design.
+
+Privileged hints: `qry_hint` is text about the query picture that the embedding model never sees, for
+teachers that write rationales (it stands in for a strong teacher's eyes): the clip art's SVG title,
+cleaned dc:subject keywords, sub-folders below the category and dc:description, at most 300 characters
+(`mini_image.clip_hint`). It never contains the row's gold text (case-insensitive): CLS hints drop the
+category name, QA hints the gold keyword, I2T hints the title. Keywords that are QA test answers are
+left out. Test rows and the other tasks carry no hint.
 """
 
 from __future__ import annotations
@@ -30,10 +38,19 @@ from pathlib import Path
 
 from .mini_common import MAX_FAMILY, MAX_PIXELS, MIN_SIDE, Context
 from .mini_docvideo import clipart_video_cls, clipart_video_ret, wordnet_docret
-from .mini_image import clipart_cls, clipart_gd, clipart_i2t, clipart_qa, clipart_t2i, fashion_cls
+from .mini_image import (
+    DESCRIPTION_MAX,
+    HINT_MAX,
+    clipart_cls,
+    clipart_gd,
+    clipart_i2t,
+    clipart_qa,
+    clipart_t2i,
+    fashion_cls,
+)
 from .sources import PACKAGES
 
-VERSION = "mmeb-mini/1"
+VERSION = "mmeb-mini/2"
 SPLITS = ("train", "test")
 
 
@@ -138,6 +155,12 @@ WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved.
 - Splits: a seeded hash of the clip-art title family, the Fashion-MNIST pixel bytes and the WordNet
   synset offset; QA keywords are split the same way, so train and test share no picture and no item
   text. Category names, Fashion-MNIST class names and QA questions are label sets shared by design.
+- Hints (`qry_hint`, train rows of Clipart-CLS, Clipart-QA, Clipart-I2T and Clipart-VideoCLS only):
+  text about the query picture for teachers, never shown to the embedding model: its SVG title, cleaned
+  dc:subject keywords, sub-folders below the category ("filed under") and dc:description without URLs,
+  trimmed to {description_max} characters; at most {hint_max} characters in all. A piece containing the
+  row's gold text (case-insensitive) is dropped: the category name for CLS, the gold keyword for QA, the
+  title for I2T (which shows no title). Keywords that are QA test answers are dropped as well.
 - WordNet-DocRet qrels: 2 = the page with the synset's entry under the asked lemma, 1 = a page with
   the same synset's gloss under another of its lemmas.
 - Seed {seed}, scale {scale}.
@@ -166,6 +189,8 @@ def write_provenance(root: Path, seed: int, scale: float, tasks: list[dict]) -> 
         max_family=MAX_FAMILY,
         min_side=MIN_SIDE,
         max_pixels=MAX_PIXELS,
+        hint_max=HINT_MAX,
+        description_max=DESCRIPTION_MAX,
         **package_versions(),
     )
     (root / "PROVENANCE.md").write_text(text, encoding="utf-8")
@@ -202,6 +227,16 @@ def build_into(root: Path, seed: int, scale: float) -> list[dict]:
     (root / "tasks.json").write_text(json.dumps(tasks, indent=2) + "\n", encoding="utf-8")
     write_provenance(root, seed, scale, tasks)
     return tasks
+
+
+def ensure_mini(root: Path, seed: int = 0) -> Path:
+    """The default build at `root`, (re)built when missing or made by an older builder version (a quick
+    check: tasks.json and the manifest's version; `build_mini` verifies every file when it builds)."""
+    version = (read_manifest(root) or {}).get("version")
+    if not (root / "tasks.json").is_file() or version != VERSION:
+        print(f"mmemb: building mmeb-mini ({VERSION}) into {root} (once, about a minute)", file=sys.stderr)
+        build_mini(root, seed=seed)
+    return root
 
 
 def build_mini(out: Path, seed: int = 0, scale: float = 1.0) -> Path:

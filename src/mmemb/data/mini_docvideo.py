@@ -25,6 +25,7 @@ from .mini_common import (
     unit,
     video_row,
 )
+from .mini_image import category_words, clip_hint, qa_vocabulary, with_hint
 from .sources import read_wordnet_nouns
 
 # ---- WordNet-DocRet: glossary pages rendered from real noun glosses ------------------------------------
@@ -212,11 +213,16 @@ def clipart_video_ret(ctx: Context) -> dict[str, list[dict]]:
 
 
 def clipart_video_cls(ctx: Context) -> dict[str, list[dict]]:
-    """Clip -> the category name of its picture, among all category names."""
+    """Clip -> the category name of its picture, among all category names (train rows carry a hint)."""
     labels = category_labels()
+    held_out = qa_vocabulary(ctx)[1]
     return {
         split: [
-            video_row(VCLS_QRY, "", folder, "", label_candidates(label_of(c.item.category), labels))
+            with_hint(
+                video_row(VCLS_QRY, "", folder, "", label_candidates(label_of(c.item.category), labels)),
+                split,
+                clip_hint(c, category_words(c), held_out),
+            )
             for c, folder in video_clips(ctx, split)
         ]
         for split in SPLITS

@@ -1,4 +1,8 @@
-"""The image tasks of mmeb-mini: Clipart-CLS, FashionMNIST-CLS, Clipart-QA, -T2I, -I2T and -GD."""
+"""The image tasks of mmeb-mini: Clipart-CLS, FashionMNIST-CLS, Clipart-QA, -T2I, -I2T and -GD.
+
+Also the privileged hints (`clip_hint`) that train rows of the clip-art CLS, QA, I2T and VideoCLS tasks
+carry in `qry_hint`: text about the query picture for teachers only, never containing the row's gold text.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import hashlib
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from functools import lru_cache
 
 from . import render
@@ -47,6 +51,74 @@ GD_QRY = "<|image_1|> Select the portion of the image that shows:"
 GD_TGT = "<|image_1|> Represent the given cropped image of the object."
 
 
+# ---- privileged hints: what the SVG metadata says about a picture, for teachers only -------------------
+
+HINT_MAX = 300
+DESCRIPTION_MAX = 200
+HINT_KEYWORDS = 6
+_URL = re.compile(r"\S*(?:@|https?://|www\.)\S*")
+
+
+def category_words(clip: Clip) -> tuple[str, ...]:
+    """The gold texts of a classification row: the category label and its folder name."""
+    return (label_of(clip.item.category), clip.item.category)
+
+
+def with_hint(row: dict, split: str, hint: str) -> dict:
+    """`row` with a `qry_hint` field on train rows (test rows never carry one)."""
+    return {**row, "qry_hint": hint} if split == "train" else row
+
+
+def trim(text: str, limit: int) -> str:
+    """`text` cut at a word boundary to at most `limit` characters, "..." marking a cut."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 3].rsplit(" ", 1)[0].rstrip(" ,;:.") + "..."
+
+
+def clip_hint(clip: Clip, gold: tuple[str, ...], held_out: Set[str] = frozenset(), title: bool = True) -> str:
+    """Privileged text about a clip-art picture, e.g. "title: cartoon cat; keywords: pet, kitten; filed
+    under: mammals / housecats; description: ...", at most HINT_MAX characters.
+
+    From the SVG metadata (cleaned title unless `title` is False, cleaned dc:subject keywords, dc:description
+    without URLs or e-mail addresses, trimmed) and the sub-folders below the category. Any piece containing
+    one of the `gold` texts (case-insensitive) is left out, so the hint never holds the row's answer;
+    keywords in `held_out` (the QA test answers) are left out too. Returns "" when nothing is left.
+    """
+    banned = [g.lower() for g in gold if g]
+
+    def ok(text: str) -> bool:
+        return bool(text) and not any(g in text.lower() for g in banned)
+
+    parts: list[tuple[str, str]] = []
+    if title and ok(clip.title):
+        parts.append(("title", clip.title))
+    words = [k for k in dict.fromkeys(clean_keyword(w) for w in clip.item.keywords) if k not in held_out]
+    words = [k for k in words if ok(k) and k != clip.title.lower()][:HINT_KEYWORDS]
+    while words and len(_join(parts + [("keywords", ", ".join(words))])) > HINT_MAX:
+        words.pop()
+    if words:
+        parts.append(("keywords", ", ".join(words)))
+    folders = [f.replace("_", " ") for f in clip.key.split("/")[1:-1]]
+    folders = [f for f in folders if ok(f)]
+    if folders and len(_join(parts + [("filed under", " / ".join(folders))])) <= HINT_MAX:
+        parts.append(("filed under", " / ".join(folders)))
+    about = " ".join(_URL.sub(" ", clip.item.description).split())
+    room = HINT_MAX - len(_join(parts + [("description", "")]))
+    if ok(about) and about.lower().rstrip(" .!") != clip.title.lower() and room >= 40:
+        parts.append(("description", trim(about, min(DESCRIPTION_MAX, room))))
+    for hint in (_join(parts), "; ".join(v for _, v in parts)):
+        if ok(hint):  # a label or a join could spell a gold text ("key" in "keywords")
+            return hint
+    while parts and not ok("; ".join(v for _, v in parts)):
+        parts.pop()
+    return "; ".join(v for _, v in parts)
+
+
+def _join(parts: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{label}: {value}" for label, value in parts)
+
+
 def clipart_cls(ctx: Context) -> dict[str, list[dict]]:
     """Clip art -> its category name, among all category names."""
     labels = category_labels()
@@ -55,7 +127,13 @@ def clipart_cls(ctx: Context) -> dict[str, list[dict]]:
         pool = ranked(filter(classifiable, ctx.clipart[split]), lambda c: c.key, ctx.seed, "CLS", split)
         chosen = balanced(pool, ctx.count("Clipart-CLS", split), lambda c: c.item.category)
         out[split] = [
-            image_row(CLS_QRY, "", ctx.clip_path(c), "", label_candidates(label_of(c.item.category), labels))
+            with_hint(
+                image_row(
+                    CLS_QRY, "", ctx.clip_path(c), "", label_candidates(label_of(c.item.category), labels)
+                ),
+                split,
+                clip_hint(c, category_words(c), qa_vocabulary(ctx)[1]),
+            )
             for c in chosen
         ]
     return out
@@ -154,13 +232,21 @@ def qa_row(ctx: Context, clip: Clip, gold: str, pool: list[str]) -> dict | None:
     return image_row(QA_QRY, question, ctx.clip_path(clip), "", cands)
 
 
+def qa_vocabulary(ctx: Context) -> tuple[frozenset[str], frozenset[str]]:
+    """(QA answer vocabulary, its test share): keywords split by a seeded hash, like the pictures."""
+    if "qa-vocab" not in ctx.cache:
+        vocab = frozenset(keyword_vocabulary(usable_clipart()))
+        test = frozenset(k for k in vocab if unit(ctx.seed, "split-keyword", k) < TEST_SHARE["keyword"])
+        ctx.cache["qa-vocab"] = (vocab, test)
+    return ctx.cache["qa-vocab"]  # type: ignore[return-value]
+
+
 def clipart_qa(ctx: Context) -> dict[str, list[dict]]:
     """Picture + question -> one of its keywords, against keywords of other pictures it lacks.
 
     The keyword vocabulary is split like the pictures, so no answer text occurs in both splits.
     """
-    vocab = keyword_vocabulary(usable_clipart())
-    test_words = {k for k in vocab if unit(ctx.seed, "split-keyword", k) < TEST_SHARE["keyword"]}
+    vocab, test_words = qa_vocabulary(ctx)
     out = {}
     for split in SPLITS:
         words = test_words if split == "test" else vocab - test_words
@@ -171,7 +257,11 @@ def clipart_qa(ctx: Context) -> dict[str, list[dict]]:
         negs += [k for k in ranked(words, str, ctx.seed, "QA-extra") if k not in negs][
             : max(0, 30 - len(negs))
         ]
-        out[split] = [row for c in chosen if (row := qa_row(ctx, c, gold[c.key], negs))]
+        out[split] = [
+            with_hint(row, split, clip_hint(c, (gold[c.key],), test_words))
+            for c in chosen
+            if (row := qa_row(ctx, c, gold[c.key], negs))
+        ]
     return out
 
 
@@ -202,12 +292,16 @@ def clipart_i2t(ctx: Context) -> dict[str, list[dict]]:
     for split in SPLITS:
         chosen, pool = sample_pool(ctx, "Clipart-I2T", split, ctx.clipart[split])
         out[split] = [
-            image_row(
-                I2T_QRY,
-                "",
-                ctx.clip_path(c),
-                "",
-                [(x.title, "") for x in [c, *negatives(c, pool, lambda x: x.key, 9, ctx.seed, "I2T")]],
+            with_hint(
+                image_row(
+                    I2T_QRY,
+                    "",
+                    ctx.clip_path(c),
+                    "",
+                    [(x.title, "") for x in [c, *negatives(c, pool, lambda x: x.key, 9, ctx.seed, "I2T")]],
+                ),
+                split,
+                clip_hint(c, (c.title,), qa_vocabulary(ctx)[1], title=False),
             )
             for c in chosen
         ]

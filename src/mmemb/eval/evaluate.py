@@ -57,16 +57,15 @@ def mini_root() -> Path:
 def resolve(tasks: str, data_root: Path | None) -> Suite:
     """'mmeb-mini' (built on first use from Debian data), 'mmeb-v2', or dataset names (comma-separated)."""
     if tasks == "mmeb-mini":
-        from ..data.mini import build_mini
+        from ..data.mini import ensure_mini
 
         root = data_root or mini_root()
-        if not (root / "tasks.json").is_file():
-            if data_root:
-                raise InputError(
-                    f"{root}: no tasks.json; build mmeb-mini with: mmemb data build-mini --out {root}"
-                )
-            print(f"mmemb eval: building mmeb-mini into {root} (once)", file=sys.stderr)
-            build_mini(root, seed=MINI_SEED)
+        if data_root and not (root / "tasks.json").is_file():
+            raise InputError(
+                f"{root}: no tasks.json; build mmeb-mini with: mmemb data build-mini --out {root}"
+            )
+        if not data_root:
+            ensure_mini(root, seed=MINI_SEED)
         entries = json.loads((root / "tasks.json").read_text())
         return Suite(
             "mmeb-mini",
