@@ -17,6 +17,7 @@ from mmemb.data.pairs import read_pairs
 from mmemb.reasoning import candidates as cio
 from mmemb.testing.tiny_hf import build_tiny_hf
 
+from .conftest import write_image
 from .test_openai_teacher import stub as stub  # noqa: F401  (the stub-server fixture)
 from .test_reasoning import make_toy
 
@@ -167,3 +168,35 @@ def test_missing_candidates_file_is_a_clear_error(tmp_path, capsys):
         == 2
     )
     assert "candidates file not found" in capsys.readouterr().err
+
+
+def test_generate_imports_ume_r1_sft_reasoning_as_candidate_zero(tmp_path, capsys):
+    from .test_pairs import EXPECTED_RATIONALES, ume_records
+
+    root = tmp_path / "m"
+    (root / "images").mkdir(parents=True)
+    write_image(root / "images" / "a.png", seed=1)
+    write_image(root / "images" / "b.png", seed=2)
+    ume = root / "ume.json"
+    ume.write_text(json.dumps(ume_records(root)))
+    out = tmp_path / "c.jsonl"
+    code = main(
+        [
+            "reason",
+            "generate",
+            "--data",
+            str(ume),
+            "--teacher",
+            f"file:{ume}",
+            "--k",
+            "1",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert "1 not in the teacher's file" in capsys.readouterr().err  # the record without query reasoning
+    rows = {r["pair_id"]: r for r in cio.read_candidates(out)}
+    assert {pid: r["text"] for pid, r in rows.items()} == EXPECTED_RATIONALES
+    assert all(r["valid"] for r in rows.values())

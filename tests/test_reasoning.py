@@ -248,7 +248,7 @@ def test_file_teacher_imports_a_candidates_file_and_reports_missing_ones(toy, tm
     assert got[0].text == next(
         r["text"] for r in cio.read_candidates(src) if (r["pair_id"], r["k"]) == reqs[0].key
     )
-    assert "not in the file" in got[1].error
+    assert got[1].missing and not got[1].error
 
 
 # ---- teacher-forced gen embeddings ---------------------------------------------------------------------------
@@ -296,7 +296,7 @@ def test_select_and_inspect_end_to_end_on_nano(nano, toy, tmp_path, capsys):
         if r["label"] == "think":
             assert r["chosen_k"] in valid and r["utility"] == max(pair_u.values()) > 0
             want = min(
-                valid[r["chosen_k"]]["utilities"]["without"], valid[r["chosen_k"]]["utilities"]["swapped"]
+                valid[r["chosen_k"]]["utilities"]["contrastive"], valid[r["chosen_k"]]["utilities"]["contrastive_swapped"]
             )
             assert r["utility"] == pytest.approx(want)
         else:

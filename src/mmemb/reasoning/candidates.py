@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class GenerateReport:
     written: int = 0  # written by this run
     malformed: int = 0  # written by this run with valid = false
     failed: int = 0  # transport failures: nothing written, retried by the next run
+    skipped: int = 0  # the teacher has no rationale for them (imports): nothing written
     errors: list[str] = field(default_factory=list)  # the first few failure messages
     seconds: float = 0.0
 
@@ -134,7 +136,7 @@ def generate_candidates(
             raise InputError(f"{row['_where']}: unknown query id {row['pair_id']!r} (not in this dataset)")
         done.add((row["pair_id"], row["k"]))
     if not meta_path(out).is_file():
-        _write_atomic(meta_path(out), json.dumps(meta, indent=2) + "\n")
+        write_atomic(meta_path(out), json.dumps(meta, indent=2) + "\n")
     todo = [
         Request(p.id, j, p.query, p.hint, request_seed(seed, p.id, j))
         for p in pairs
@@ -162,6 +164,9 @@ def generate_candidates(
                 raise RuntimeError(f"teacher {teacher.name} returned {len(replies)} replies for {len(batch)}")
             lines = []
             for req, rep in zip(batch, replies, strict=True):
+                if rep.missing:
+                    report.skipped += 1
+                    continue
                 if rep.error:
                     report.failed += 1
                     if len(report.errors) < 5:
@@ -227,7 +232,13 @@ def load_for(pairs: list[Pair], path: Path) -> dict[str, list[dict]]:
     return grouped
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

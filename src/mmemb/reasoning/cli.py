@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..types import InputError
+from .scorers import UTILITIES
 
 HELP = "Reasoning paths: generate candidate rationales, select them by counterfactual utility, inspect."
 
@@ -61,9 +62,7 @@ def add_parser(sub) -> None:
     s.add_argument(
         "--out", type=Path, required=True, help="folder for selection.jsonl, summary.json, utilities.png"
     )
-    s.add_argument(
-        "--utility", default="pair", choices=["pair", "without", "swapped", "contrastive", "absolute"]
-    )
+    s.add_argument("--utility", default="pair", choices=list(UTILITIES))
     s.add_argument("--rule", default="hard", choices=["hard", "soft", "all"])
     s.add_argument("--delta", type=float, default=0.0, help="best utility must exceed this, else no-think")
     s.add_argument("--temperature", type=float, default=0.05, help="soft rule: softmax temperature")
@@ -172,7 +171,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     rate = 60 * (report.written + report.failed) / report.seconds if report.seconds else 0.0
     print(
         f"mmemb reason generate: {report.written} written ({report.malformed} malformed), "
-        f"{report.existing} already there, {report.failed} failed; {report.seconds:.0f}s "
+        f"{report.existing} already there, {report.failed} failed, {report.skipped} not in the teacher's "
+        f"file; {report.seconds:.0f}s "
         f"({rate:.1f} rationales/min) -> {args.out}",
         file=sys.stderr,
     )
@@ -253,8 +253,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     )
     print(format_inspect(report))
     if args.out:
-        from .run import _atomic
+        from .candidates import write_atomic
 
         args.out.mkdir(parents=True, exist_ok=True)
-        _atomic(args.out / "inspect.json", json.dumps(report, indent=2) + "\n")
+        write_atomic(args.out / "inspect.json", json.dumps(report, indent=2) + "\n")
     return 0

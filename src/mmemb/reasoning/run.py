@@ -23,9 +23,18 @@ import numpy as np
 from ..data.pairs import Pair, dataset_fingerprint
 from ..embedder import Embedder
 from . import candidates as cand_io
+from .candidates import write_atomic
 from .format import empty_completion, think_completion
 from .scorers import UTILITIES
-from .scoring import ForcedEmbedder, Scores, ScoreSettings, score_pairs
+from .scoring import (
+    ForcedEmbedder,
+    Scores,
+    ScoreSettings,
+    candidate_slots,
+    first_valid,
+    pick_donors,
+    score_pairs,
+)
 from .select import select
 
 HIST_BINS = 20
@@ -67,8 +76,8 @@ def run_select(
     summary = {"settings": info, **summarize(scores, sel, utility)}
     summary["embedded_now"] = scores.embedded_now
     out.mkdir(parents=True, exist_ok=True)
-    _atomic(out / "selection.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    _atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / "selection.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     plot_utilities(summary, out / "utilities.png")
     return summary
 
@@ -204,28 +213,22 @@ def run_inspect(
     `cos(other queries)` (mean cosine between different queries' embeddings with their own rationales) is
     the floor: how similar this model makes *unrelated* inputs.
     """
-    from .scoring import _donors, _first_valid
-
     grouped = cand_io.load_for(pairs, candidates_path)
     settings = settings or ScoreSettings()
     tokens = embedder.config.tokens
-    K = max((r["k"] + 1 for rows in grouped.values() for r in rows), default=0)
-    slots = [[None] * K for _ in pairs]
-    for i, p in enumerate(pairs):
-        for r in grouped.get(p.id, []):
-            slots[i][r["k"]] = r
+    slots, _ = candidate_slots(pairs, grouped)
     chosen: dict[str, dict] = {}
     sel_rows: list[dict] = []
     if selection_path:
         sel_rows = [json.loads(line) for line in Path(selection_path).read_text().splitlines() if line]
         chosen = {r["pair_id"]: r["rationale"] for r in sel_rows if r["rationale"]}
-    donors = _donors(pairs, slots, settings.seed)
+    donors = pick_donors(pairs, slots, settings.seed)
     index = {p.id: i for i, p in enumerate(pairs)}
     picked = []
     for i, p in enumerate(pairs):
-        r = chosen.get(p.id) or _first_valid(slots[i])
+        r = chosen.get(p.id) or first_valid(slots[i])
         if r and donors[i]:
-            picked.append((i, r, _first_valid(slots[index[donors[i]]])))
+            picked.append((i, r, first_valid(slots[index[donors[i]]])))
     step = max(1, len(picked) // n) if n else 1
     picked = picked[::step][:n]
     forced = ForcedEmbedder(embedder, cache_root, settings)
@@ -280,18 +283,20 @@ def _utility_quantiles(rows: list[dict]) -> dict:
 
 
 def _examples(rows: list[dict], n: int) -> dict:
+    """The n kept rationales with the highest utility, the n valid ones rejected with the lowest, and n
+    malformed ones."""
     kept = sorted((r for r in rows if r["label"] == "think"), key=lambda r: -(r["utility"] or 0))[:n]
-    rejected = []
+    rejected, malformed = [], []
     for r in rows:
         for c in r["candidates"]:
-            if c["k"] != r["chosen_k"]:
+            if not c["valid"]:
+                malformed.append((r, c))
+            elif c["k"] != r["chosen_k"]:
                 rejected.append((r, c))
-    rejected.sort(key=lambda rc: (rc[1]["valid"], rc[1]["utilities"].get("pair") or 0))
-    return {
-        "kept": [
-            {"pair_id": r["pair_id"], "utility": r["utility"], "rationale": r["rationale"]} for r in kept
-        ],
-        "rejected": [
+    rejected.sort(key=lambda rc: rc[1]["utilities"].get("pair") or 0)
+
+    def show(pairs: list) -> list[dict]:
+        return [
             {
                 "pair_id": r["pair_id"],
                 "k": c["k"],
@@ -299,8 +304,15 @@ def _examples(rows: list[dict], n: int) -> dict:
                 "utilities": c["utilities"],
                 "text": c["text"],
             }
-            for r, c in rejected[:n]
+            for r, c in pairs[:n]
+        ]
+
+    return {
+        "kept": [
+            {"pair_id": r["pair_id"], "utility": r["utility"], "rationale": r["rationale"]} for r in kept
         ],
+        "rejected": show(rejected),
+        "malformed": show(malformed),
     }
 
 
@@ -322,15 +334,9 @@ def format_inspect(report: dict) -> str:
             lines.append(
                 f"  {e['pair_id']} u={e['utility']}: {e['rationale']['think']} -> {e['rationale']['answer']}"
             )
-        lines.append("rejected:")
-        for e in ex["rejected"]:
-            why = e["problem"] or f"pair utility {e['utilities'].get('pair')}"
-            lines.append(f"  {e['pair_id']} k={e['k']} ({why}): {e['text'][:160]!r}")
+        for title, key in (("rejected (lowest utility):", "rejected"), ("malformed:", "malformed")):
+            lines.append(title)
+            for e in ex[key]:
+                why = e["problem"] or f"pair utility {e['utilities'].get('pair')}"
+                lines.append(f"  {e['pair_id']} k={e['k']} ({why}): {e['text'][:160]!r}")
     return "\n".join(lines)
-
-
-def _atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

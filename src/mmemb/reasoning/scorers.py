@@ -81,6 +81,16 @@ def contrastive_gain(
     return log_p(q_r) - log_p(q)
 
 
-UTILITIES = ("pair", "without", "swapped", "contrastive", "absolute")
-"""`pair` (the default) = min(without, swapped): a rationale must beat *both* counterfactuals, the query
-alone and the query with someone else's rationale. The others are the single utilities above."""
+UTILITIES = ("pair", "contrastive", "contrastive_swapped", "without", "swapped", "absolute")
+"""How `scoring.score_pairs` names them:
+
+    without, swapped, absolute   the cosine utilities above
+    contrastive                  contrastive_gain(q_r, E(q), ...)      against the query without reasoning
+    contrastive_swapped          contrastive_gain(q_r, E(q⊕r'), ...)   against someone else's rationale
+    pair (the default)           min(contrastive, contrastive_swapped): a rationale must beat *both*
+                                 counterfactuals, pair-aware (relative to the negatives)
+
+Why the default is contrastive: appending any rationale moves the gen embedding (the text before
+<gen_emb> changes), and a raw cosine counts that move as help or harm. Measured with untrained nano on
+mmeb-mini (docs/reasoning.md) the cosine `without` was negative for 94% of rationales, whatever they
+said; the contrastive gain cancels a move that shifts the target and its negatives alike."""

@@ -90,11 +90,7 @@ def score_pairs(
     s = settings or ScoreSettings()
     tokens = embedder.config.tokens
     no_think = no_think_completion(tokens)
-    K = max((row["k"] + 1 for rows in candidates.values() for row in rows), default=0)
-    slots: list[list[dict | None]] = [[None] * K for _ in pairs]
-    for i, p in enumerate(pairs):
-        for row in candidates.get(p.id, []):
-            slots[i][row["k"]] = row
+    slots, K = candidate_slots(pairs, candidates)
     forced = ForcedEmbedder(embedder, cache_root, s)
 
     def think(row: dict) -> str:
@@ -109,12 +105,12 @@ def score_pairs(
         vecs = forced([(pairs[i].query, think(slots[i][k])) for i, k in valid])
         for (i, k), v in zip(valid, vecs, strict=True):
             QR[i, k] = v
-    donors = _donors(pairs, slots, s.seed)
+    donors = pick_donors(pairs, slots, s.seed)
     QS = np.full_like(T, np.nan)  # (N, D)
     with_donor = [i for i, d in enumerate(donors) if d is not None]
     if with_donor:
         index = {p.id: j for j, p in enumerate(pairs)}
-        items = [(pairs[i].query, think(_first_valid(slots[index[donors[i]]]))) for i in with_donor]
+        items = [(pairs[i].query, think(first_valid(slots[index[donors[i]]]))) for i in with_donor]
         QS[with_donor] = forced(items)
     negs, mask = _negatives(pairs, T, Q0, forced, no_think, s.negatives)  # (N, M, D), (N, M)
 
@@ -126,23 +122,35 @@ def score_pairs(
         util["without"][:, k] = scorers.with_vs_without(q_r, Q0, T)
         util["swapped"][:, k] = scorers.swapped_control(q_r, QS, T)
         util["contrastive"][:, k] = scorers.contrastive_gain(q_r, Q0, T, negs, mask, s.tau)
+        util["contrastive_swapped"][:, k] = scorers.contrastive_gain(q_r, QS, T, negs, mask, s.tau)
     # pair: must beat both counterfactuals; where no donor exists, the with/without test alone
-    util["pair"] = np.where(
-        np.isnan(util["swapped"]), util["without"], np.minimum(util["without"], util["swapped"])
-    )
+    c, cs = util["contrastive"], util["contrastive_swapped"]
+    util["pair"] = np.where(np.isnan(cs), c, np.minimum(c, cs))
     return Scores(pairs, slots, util, donors, forced.embedded_now)
 
 
-def _first_valid(rows: list[dict | None]) -> dict | None:
+def candidate_slots(
+    pairs: list[Pair], candidates: dict[str, list[dict]]
+) -> tuple[list[list[dict | None]], int]:
+    """Per pair, its candidate lines by k (None where absent), and K = the largest k + 1."""
+    K = max((row["k"] + 1 for rows in candidates.values() for row in rows), default=0)
+    slots: list[list[dict | None]] = [[None] * K for _ in pairs]
+    for i, p in enumerate(pairs):
+        for row in candidates.get(p.id, []):
+            slots[i][row["k"]] = row
+    return slots, K
+
+
+def first_valid(rows: list[dict | None]) -> dict | None:
     return next((r for r in rows if r and r["valid"]), None)
 
 
-def _donors(pairs: list[Pair], slots: list[list[dict | None]], seed: int) -> list[str | None]:
+def pick_donors(pairs: list[Pair], slots: list[list[dict | None]], seed: int) -> list[str | None]:
     """Per pair, the id of the pair whose first valid rationale is its swapped control r' (see module)."""
     tkey = [content_key(p.target) for p in pairs]
     by_task: dict[str, list[int]] = {}
     for i, p in enumerate(pairs):
-        if _first_valid(slots[i]):
+        if first_valid(slots[i]):
             by_task.setdefault(p.task, []).append(i)
     donors: list[str | None] = [None] * len(pairs)
     for members in by_task.values():

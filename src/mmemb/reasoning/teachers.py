@@ -41,6 +41,7 @@ class Request:
 class Reply:
     text: str = ""  # the teacher's raw reply
     error: str = ""  # transport failure after retries; "" when the teacher answered
+    missing: bool = False  # the teacher has no rationale for this request (imports): skipped, not retried
     seconds: float = 0.0  # wall time spent on this request (amortised over a batch for local teachers)
     tokens: int = 0  # generated tokens when the teacher reports them
 
@@ -221,7 +222,7 @@ class FileTeacher:
     - a candidates file written by `mmemb reason generate` (one JSON line per (pair_id, k) with "text"),
     - UME-R1's SFT JSON / JSONL (its query-side reasoning becomes candidate k = 0; see data.pairs).
 
-    A request the file has no rationale for gets an error reply ("not in the file"); `ids()` lets the
+    A request the file has no rationale for gets a `missing` reply (counted as skipped); `ids()` lets the
     caller refuse a file that names queries the dataset does not have.
     """
 
@@ -255,10 +256,7 @@ class FileTeacher:
 
     def generate(self, requests: list[Request]) -> list[Reply]:
         return [
-            Reply(text=self.texts[r.key])
-            if r.key in self.texts
-            else Reply(error=f"no rationale for {r.pair_id!r} k={r.k} in {self.path} (not in the file)")
-            for r in requests
+            Reply(text=self.texts[r.key]) if r.key in self.texts else Reply(missing=True) for r in requests
         ]
 
 
