@@ -41,7 +41,6 @@ subclass `TaskError`) naming the file and line, row or record, and what to do.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import re
@@ -53,12 +52,11 @@ from ..eval.tasks import (
     TaskError,
     _as_list,
     _frames,
-    _id,
-    _inst,
     _media,
     _sample,
     content_key,
     find_split_file,
+    read_beir,
     read_rows,
 )
 from ..types import InputError, Sample
@@ -274,66 +272,19 @@ def _negatives(target: Sample, others: list[Sample]) -> tuple[Sample, ...]:
 
 
 def _beir_pairs(info: DatasetInfo, root: Path, split: str) -> list[Pair]:
-    """One pair per query with a relevant page; samples built as in `eval.tasks.load_beir_task`."""
-    folder = root / info.name / split
-    for name in ("corpus.jsonl", "queries.jsonl", "qrels.tsv"):
-        if not (folder / name).is_file():
-            raise TaskError(
-                f"{folder / name}: missing (a BEIR task needs corpus.jsonl, queries.jsonl, qrels.tsv)"
-            )
-    docs: dict[str, Sample] = {}
-    for where, row in read_rows(folder / "corpus.jsonl"):
-        doc_id = _id(row, where, docs)
-        page = row.get("image_path")
-        if not page and not row.get("text"):
-            raise TaskError(f"{where}: corpus item {doc_id!r} has neither image_path nor text")
-        docs[doc_id] = Sample(
-            id=doc_id,
-            text=row.get("text") or None,
-            instruction=_inst(info.tgt_instruction),
-            pages=(_media(root, page, where),) if page else (),
-        )
-    queries: dict[str, tuple[Sample, str]] = {}
-    for where, row in read_rows(folder / "queries.jsonl"):
-        qid = _id(row, where, queries)
-        if not row.get("text"):
-            raise TaskError(f"{where}: query {qid!r} has no text")
-        hint = row.get("hint") or ""
+    """One pair per query with a relevant page: the highest grade wins (ties: the first in qrels.tsv)."""
+    beir = read_beir(info, root, split)
+    pairs = []
+    for qid, query in beir.queries.items():
+        if qid not in beir.qrels:
+            continue
+        hint = beir.rows[qid].get("hint") or ""
         if not isinstance(hint, str):
-            raise TaskError(f'{where}: "hint" must be a string, got {type(hint).__name__}')
-        queries[qid] = (Sample(id=qid, text=row["text"], instruction=_inst(info.qry_instruction)), hint)
-    best = _best_pages(folder / "qrels.tsv", queries, docs)
-    pairs = [
-        Pair(f"{info.name}/{split}/{qid}", info.name, query, docs[best[qid]], (), hint)
-        for qid, (query, hint) in queries.items()
-        if qid in best
-    ]
-    if not pairs:
-        raise TaskError(f"{folder}: no query has a relevant page in qrels.tsv")
+            raise TaskError(f'{beir.rows[qid]["_where"]}: "hint" must be a string, got {type(hint).__name__}')
+        grades = beir.qrels[qid]
+        best = max(grades, key=lambda did: grades[did])  # max keeps the first of equal grades
+        pairs.append(Pair(f"{info.name}/{split}/{qid}", info.name, query, beir.docs[best], (), hint))
     return pairs
-
-
-def _best_pages(path: Path, queries: dict, docs: dict) -> dict[str, str]:
-    """query id -> the corpus id with the highest positive grade in qrels.tsv (ties: the first listed)."""
-    best: dict[str, tuple[str, float]] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, rec in enumerate(csv.reader(f, delimiter="\t"), start=1):
-            if n == 1 and rec and not rec[-1].replace(".", "").isdigit():
-                continue  # header
-            where = f"{path}:{n}"
-            if len(rec) < 3:
-                raise TaskError(f"{where}: expected query-id, corpus-id, score")
-            qid, did, score = rec[0], rec[1], rec[-1]
-            if qid not in queries or did not in docs:
-                missing = ("query", qid) if qid not in queries else ("corpus", did)
-                raise TaskError(f"{where}: unknown {missing[0]} id {missing[1]!r}")
-            try:
-                rel = float(score)
-            except ValueError:
-                raise TaskError(f"{where}: score {score!r} is not a number") from None
-            if rel > 0 and (qid not in best or rel > best[qid][1]):
-                best[qid] = (did, rel)
-    return {qid: did for qid, (did, _) in best.items()}
 
 
 # ---- files: MMEB-train and UME-R1 ---------------------------------------------------------------------

@@ -206,35 +206,45 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def load_beir_task(info: DatasetInfo, root: Path, split: str = "test") -> Task:
-    """BEIR-style visual-document retrieval: corpus of page images, text queries, graded qrels."""
+@dataclass
+class Beir:
+    """A BEIR split as read from disk: documents and queries by id (with each query row's extra fields) and
+    graded qrels (query id -> {document id: grade > 0}), in file order."""
+
+    docs: dict[str, Sample]
+    queries: dict[str, Sample]
+    rows: dict[str, dict]  # query id -> its queries.jsonl row (extra fields such as a teacher hint)
+    qrels: dict[str, dict[str, float]]
+
+
+def read_beir(info: DatasetInfo, root: Path, split: str) -> Beir:
+    """Read `<root>/<dataset>/<split>/{corpus.jsonl, queries.jsonl, qrels.tsv}` (module docstring)."""
     folder = root / info.name / split
     for name in ("corpus.jsonl", "queries.jsonl", "qrels.tsv"):
         if not (folder / name).is_file():
             raise TaskError(
                 f"{folder / name}: missing (a BEIR task needs corpus.jsonl, queries.jsonl, qrels.tsv)"
             )
-    task = Task(info, local=None)
-    docs: dict[str, str] = {}
+    docs: dict[str, Sample] = {}
     for where, row in read_rows(folder / "corpus.jsonl"):
         doc_id = _id(row, where, docs)
         page = row.get("image_path")
         if not page and not row.get("text"):
             raise TaskError(f"{where}: corpus item {doc_id!r} has neither image_path nor text")
-        docs[doc_id] = task.add(
-            Sample(
-                id=doc_id,
-                text=row.get("text") or None,
-                instruction=_inst(info.tgt_instruction),
-                pages=(_media(root, page, where),) if page else (),
-            )
+        docs[doc_id] = Sample(
+            id=doc_id,
+            text=row.get("text") or None,
+            instruction=_inst(info.tgt_instruction),
+            pages=(_media(root, page, where),) if page else (),
         )
     queries: dict[str, Sample] = {}
+    rows: dict[str, dict] = {}
     for where, row in read_rows(folder / "queries.jsonl"):
         qid = _id(row, where, queries)
         if not row.get("text"):
             raise TaskError(f"{where}: query {qid!r} has no text")
         queries[qid] = Sample(id=qid, text=row["text"], instruction=_inst(info.qry_instruction))
+        rows[qid] = row | {"_where": where}
     qrels: dict[str, dict[str, float]] = {}
     with open(folder / "qrels.tsv", encoding="utf-8") as f:
         for n, rec in enumerate(csv.reader(f, delimiter="\t"), start=1):
@@ -254,15 +264,23 @@ def load_beir_task(info: DatasetInfo, root: Path, split: str = "test") -> Task:
             except ValueError:
                 raise TaskError(f"{where}: score {score!r} is not a number") from None
             if rel > 0:
-                qrels.setdefault(qid, {})[docs[did]] = rel
-    for qid, sample in queries.items():
-        if qid not in qrels:
+                qrels.setdefault(qid, {})[did] = rel
+    if not qrels:
+        raise TaskError(f"{folder}: no query has a relevant page in qrels.tsv")
+    return Beir(docs, queries, rows, qrels)
+
+
+def load_beir_task(info: DatasetInfo, root: Path, split: str = "test") -> Task:
+    """BEIR-style visual-document retrieval: corpus of page images, text queries, graded qrels."""
+    beir = read_beir(info, root, split)
+    task = Task(info, local=None)
+    keys = {doc_id: task.add(doc) for doc_id, doc in beir.docs.items()}
+    for qid, sample in beir.queries.items():
+        if qid not in beir.qrels:
             continue  # BEIR convention: queries without a relevant page are not scored
         task.queries.append(task.add(sample))
-        task.relevance.append(qrels[qid])
-    if not task.queries:
-        raise TaskError(f"{folder}: no query has a relevant page in qrels.tsv")
-    task.corpus = list(dict.fromkeys(docs.values()))
+        task.relevance.append({keys[did]: rel for did, rel in beir.qrels[qid].items()})
+    task.corpus = list(dict.fromkeys(keys.values()))
     return task
 
 

@@ -21,6 +21,7 @@ from typing import Protocol
 import torch
 
 from ..embedder import sample_tokens
+from ..eval.tasks import read_rows
 from ..types import InputError, Sample
 
 
@@ -233,7 +234,7 @@ class FileTeacher:
         if not self.path.is_file():
             raise InputError(f"{self.path}: rationale file not found")
         if self._is_candidates_file():
-            for where, row in _json_lines(self.path):
+            for where, row in read_rows(self.path):
                 if not isinstance(row.get("pair_id"), str) or not isinstance(row.get("k"), int):
                     raise InputError(f"{where}: a candidate line needs a string 'pair_id' and an integer 'k'")
                 self.texts.setdefault((row["pair_id"], row["k"]), str(row.get("text", "")))
@@ -258,17 +259,3 @@ class FileTeacher:
         return [
             Reply(text=self.texts[r.key]) if r.key in self.texts else Reply(missing=True) for r in requests
         ]
-
-
-def _json_lines(path: Path):
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{n}: expected a JSON object")
-            yield f"{path}:{n}", row
