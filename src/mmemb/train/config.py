@@ -1,0 +1,192 @@
+"""Training configuration: one typed tree, resolved as defaults < YAML file < command-line `key=value`.
+
+    cfg = load_train_config(Path("configs/nano.yaml"), ["optim.lr=1e-4", "batch.size=16"])
+
+Every field has help text. An unknown key, a wrong type or a missing file is an error that names the key
+(and the file) before any compute starts. The resolved tree is saved beside each checkpoint
+(`save_train_config`), so a run can be repeated or resumed from it alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..config import BackboneConfig, _f, from_dict
+from ..types import InputError
+
+VARIANTS = ("none", "all", "selected")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML reads `1e-4` as a string (YAML 1.1 wants a dot); learning rates are written that way."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+)$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+@dataclass
+class ModelSection:
+    init: str = _f("nano", "Start from: 'nano', a Qwen-VL folder or hub id (hf), or a folder saved by mmemb.")
+    backbone: BackboneConfig = field(
+        default_factory=BackboneConfig,
+        metadata={
+            "help": "Backbone settings for a fresh model (ignored when `init` is a saved mmemb folder)."
+        },
+    )
+
+
+@dataclass
+class DataSection:
+    source: str = _f(
+        "mmeb-mini", "Training pairs: mmeb-mini, a mini-layout folder, MMEB-train rows, UME-R1 SFT JSON."
+    )
+    split: str = _f("train", "Split of a mini-layout source.")
+    tasks: list = _f([], "Task names to keep (empty: all).")
+    limit_per_task: int = _f(0, "At most this many pairs per task (0: all).")
+    media_root: str = _f("", "Media folder for MMEB-train / UME-R1 files (default: the file's folder).")
+    selection: str = _f("", "selection.jsonl from `mmemb reason select` (variant 'selected').")
+    candidates: str = _f("", "Candidates file from `mmemb reason generate` (variant 'all').")
+    variant: str = _f(
+        "selected",
+        "Reasoning ablation: 'none' (no reasoning: every pair trains the no-think completion), 'all' (every "
+        "valid candidate, no selection), 'selected' (the selection's rationale; no-think pairs train no-think).",
+    )
+    hard_negatives: int = _f(0, "Hard negatives per pair taken from the data (0: in-batch negatives only).")
+
+
+@dataclass
+class LossSection:
+    temperature: float = _f(0.02, "InfoNCE temperature (UME-R1 and VLM2Vec: 0.02).")
+    disc: float = _f(1.0, "Weight of the symmetric InfoNCE on disc embeddings.")
+    gen: float = _f(1.0, "Weight of the symmetric InfoNCE on gen embeddings (read at <gen_emb>).")
+    lm: float = _f(1.0, "Weight of the next-token loss on the completion tokens (rationale or no-think).")
+    cross_mode: float = _f(0.0, "Weight of an InfoNCE between gen queries and disc targets (shared space).")
+    symmetric: bool = _f(True, "InfoNCE in both directions (query->target and target->query).")
+
+
+@dataclass
+class OptimSection:
+    lr: float = _f(1e-4, "Peak learning rate (AdamW).")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    warmup_ratio: float = _f(0.03, "Share of steps with linear warm-up.")
+    scheduler: str = _f("cosine", "Learning-rate schedule after warm-up: cosine | linear | constant.")
+    max_grad_norm: float = _f(1.0, "Clip the gradient norm to this (0: no clipping).")
+
+
+@dataclass
+class BatchSection:
+    size: int = _f(32, "Contrastive batch per device: the pairs whose embeddings meet in one InfoNCE.")
+    chunk: int = _f(
+        8, "GradCache sub-batch (memory is that of one chunk); 0 = no GradCache (whole batch at once)."
+    )
+    accumulation: int = _f(1, "Optimizer step every this many contrastive batches.")
+
+
+@dataclass
+class RunSection:
+    output: str = _f("runs/train/stage1", "Output folder: checkpoints/, final/, tensorboard/, config.yaml.")
+    max_steps: int = _f(200, "Optimizer steps.")
+    save_every: int = _f(50, "Checkpoint every this many steps (and at the end).")
+    keep_checkpoints: int = _f(2, "Keep only the newest this many checkpoints.")
+    log_every: int = _f(5, "Console and TensorBoard logging interval in steps.")
+    seed: int = _f(0, "Seed for data order, dropout and sampling.")
+    mixed_precision: str = _f("no", "accelerate mixed precision: no | bf16 | fp16.")
+    tensorboard: bool = _f(True, "Write TensorBoard scalars under output/tensorboard.")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection, metadata={"help": "What to train."})
+    data: DataSection = field(default_factory=DataSection, metadata={"help": "Training pairs and reasoning."})
+    loss: LossSection = field(default_factory=LossSection, metadata={"help": "Loss terms and weights."})
+    optim: OptimSection = field(default_factory=OptimSection, metadata={"help": "Optimizer and schedule."})
+    batch: BatchSection = field(default_factory=BatchSection, metadata={"help": "Batching."})
+    run: RunSection = field(default_factory=RunSection, metadata={"help": "Outputs, length, logging."})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def check(cfg: TrainConfig, where: str = "config") -> TrainConfig:
+    """Value checks a type cannot express."""
+    if cfg.data.variant not in VARIANTS:
+        raise InputError(f"{where}: data.variant {cfg.data.variant!r}: choose one of {list(VARIANTS)}")
+    if cfg.optim.scheduler not in ("cosine", "linear", "constant"):
+        raise InputError(
+            f"{where}: optim.scheduler {cfg.optim.scheduler!r}: choose cosine, linear or constant"
+        )
+    if cfg.run.mixed_precision not in ("no", "bf16", "fp16"):
+        raise InputError(f"{where}: run.mixed_precision {cfg.run.mixed_precision!r}: choose no, bf16 or fp16")
+    for name, value in (("batch.size", cfg.batch.size), ("batch.accumulation", cfg.batch.accumulation),
+                        ("run.max_steps", cfg.run.max_steps), ("run.save_every", cfg.run.save_every),
+                        ("run.log_every", cfg.run.log_every), ("run.keep_checkpoints", cfg.run.keep_checkpoints)):  # fmt: skip
+        if value < 1:
+            raise InputError(f"{where}: {name} must be >= 1 (got {value})")
+    if cfg.batch.chunk < 0 or (cfg.batch.chunk and cfg.batch.size % cfg.batch.chunk):
+        raise InputError(
+            f"{where}: batch.chunk ({cfg.batch.chunk}) must be 0 or divide batch.size ({cfg.batch.size})"
+        )
+    if cfg.loss.temperature <= 0:
+        raise InputError(f"{where}: loss.temperature must be > 0")
+    return cfg
+
+
+def load_train_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """defaults < YAML at `path` < `key=value` overrides (values parsed as YAML: 1e-4, true, [a, b])."""
+    data: dict = TrainConfig().to_dict()
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = _yaml(path.read_text()) or {}
+        except OSError as e:
+            raise InputError(f"{path}: cannot read the config: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise InputError(f"{path}: not valid YAML ({e})") from None
+        from_dict(TrainConfig, loaded, where=str(path))  # strict: unknown keys and wrong types named
+        data = _merge(data, loaded)
+        where = str(path)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"override {item!r}: expected key=value, e.g. optim.lr=1e-4")
+        node = data
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                known = sorted(node) if isinstance(node, dict) else []
+                raise InputError(
+                    f"override {item!r}: unknown key {'.'.join(parts[: i + 1])!r}; known here: {known}"
+                )
+            if i < len(parts) - 1:
+                node = node[part]
+        try:
+            node[parts[-1]] = _yaml(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            node[parts[-1]] = raw
+        where = f"{where} + overrides"
+    return check(from_dict(TrainConfig, data, where=where), where)
+
+
+def _merge(base: dict, new: dict) -> dict:
+    out = dict(base)
+    for k, v in new.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def save_train_config(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
