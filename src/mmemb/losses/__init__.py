@@ -1,0 +1,12 @@
+"""Losses computed from embeddings (the model embeds; losses take embeddings).
+
+- ``infonce``: symmetric InfoNCE with in-batch and hard negatives, gathered across ranks (``info_nce``,
+  ``gather_with_grad``).
+- ``gradcache``: full-batch contrastive gradients with one chunk's activation memory
+  (``gradcache_backward``) and its plain reference (``full_batch_backward``).
+"""
+
+from .gradcache import full_batch_backward, gradcache_backward
+from .infonce import gather_with_grad, info_nce
+
+__all__ = ["full_batch_backward", "gather_with_grad", "gradcache_backward", "info_nce"]
