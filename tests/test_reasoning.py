@@ -296,7 +296,8 @@ def test_select_and_inspect_end_to_end_on_nano(nano, toy, tmp_path, capsys):
         if r["label"] == "think":
             assert r["chosen_k"] in valid and r["utility"] == max(pair_u.values()) > 0
             want = min(
-                valid[r["chosen_k"]]["utilities"]["contrastive"], valid[r["chosen_k"]]["utilities"]["contrastive_swapped"]
+                valid[r["chosen_k"]]["utilities"]["contrastive"],
+                valid[r["chosen_k"]]["utilities"]["contrastive_swapped"],
             )
             assert r["utility"] == pytest.approx(want)
         else:
