@@ -193,12 +193,16 @@ def test_info_nce_two_gloo_ranks_equal_single_process(tmp_path):
     import torch.multiprocessing as mp
     from safetensors.torch import load_file
 
-    try:
-        mp.spawn(_gloo_worker, args=(WORLD, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    except Exception as exc:
-        if all((tmp_path / f"ready{r}").exists() for r in range(WORLD)):
-            raise  # the ranks started: the failure is ours
-        pytest.skip(f"could not start {WORLD} gloo processes on 127.0.0.1 in this sandbox: {exc}")
+    for attempt in range(3):  # a free port can be taken between probing and binding: try another
+        try:
+            mp.spawn(_gloo_worker, args=(WORLD, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+            break
+        except Exception as exc:
+            if attempt < 2:
+                continue
+            if all((tmp_path / f"ready{r}").exists() for r in range(WORLD)):
+                raise  # the ranks started: the failure is ours
+            pytest.skip(f"could not start {WORLD} gloo processes on 127.0.0.1 in this sandbox: {exc}")
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(WORLD)]
 
     q, t, hard = _random_batch(WORLD * LOCAL_B, HARD_H, DIM_G, seed=3)
@@ -399,3 +403,24 @@ def test_gradcache_leaves_the_rng_where_full_batch_does():
         fn(_make_encode(model, BATCH), chunks, noisy_loss_fn)
         after.append(torch.rand(3))
     torch.testing.assert_close(after[0], after[1], rtol=0, atol=0)
+
+
+def test_duplicate_targets_are_not_negatives():
+    """Rows 0 and 1 share a target: each must not be pushed away from the other's (identical) target."""
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(3, 4, dtype=torch.float64), dim=-1)
+    t = torch.nn.functional.normalize(torch.randn(3, 4, dtype=torch.float64), dim=-1)
+    ids = torch.tensor([7, 7, 9])
+    got = info_nce(q, t, temperature=0.5, target_ids=ids)["loss"]
+    s = q @ t.T / 0.5  # (3, 3)
+    keep = torch.tensor([[1, 0, 1], [0, 1, 1], [1, 1, 1]], dtype=torch.bool)  # drop the duplicate column
+    lq = [-(s[i, i] - torch.logsumexp(s[i][keep[i]], 0)) for i in range(3)]
+    st = t @ q.T / 0.5
+    lt = [-(st[i, i] - torch.logsumexp(st[i][keep[i]], 0)) for i in range(3)]
+    want = 0.5 * (torch.stack(lq).mean() + torch.stack(lt).mean())
+    assert torch.allclose(got, want)
+    assert not torch.allclose(got, info_nce(q, t, temperature=0.5)["loss"])  # the mask changes the loss
+    distinct = torch.tensor([1, 2, 3])
+    assert torch.allclose(
+        info_nce(q, t, temperature=0.5, target_ids=distinct)["loss"], info_nce(q, t, temperature=0.5)["loss"]
+    )

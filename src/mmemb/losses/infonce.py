@@ -53,6 +53,7 @@ def info_nce(
     temperature: float = 0.02,
     symmetric: bool = True,
     gather: bool = True,
+    target_ids: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Contrastive loss of queries ``q`` against targets ``t`` (row i of each is a positive pair).
 
@@ -64,6 +65,10 @@ def info_nce(
         temperature: τ; logits are dot products / τ.
         symmetric: also add the target→query direction (over queries only) and average the two.
         gather: take candidates from all ranks (``gather_with_grad``); no effect without torch.distributed.
+        target_ids: optional (B,) integer ids of the targets' content. In-batch columns whose target has the
+            positive's id (another row with the same target, e.g. two images of one class) are not negatives:
+            they are masked out of the query→target softmax, and the matching query rows out of the
+            target→query softmax. Without it, such duplicates are false negatives.
 
     Returns:
         ``{"loss": scalar, "accuracy": scalar}``; accuracy is the share of local queries whose top-1
@@ -98,10 +103,19 @@ def info_nce(
     labels = rank * b + torch.arange(b, device=q.device)  # (B,) global index of each local positive
 
     logits_qt = q @ cands.T / temperature  # (B, N + M)
+    dup = None
+    if target_ids is not None:
+        all_ids = gather_with_grad(target_ids[:, None].float())[:, 0] if use_gather else target_ids  # (N,)
+        dup = target_ids[:, None].to(all_ids.dtype) == all_ids[None, :]  # (B, N): same target content
+        dup[torch.arange(b, device=q.device), labels] = False  # the positive itself stays
+        logits_qt = torch.cat([logits_qt[:, : dup.shape[1]].masked_fill(dup, float("-inf")),
+                               logits_qt[:, dup.shape[1] :]], dim=1)  # fmt: skip
     loss = F.cross_entropy(logits_qt, labels)
     if symmetric:
         all_q = gather_with_grad(q) if use_gather else q  # (N, D)
         logits_tq = t @ all_q.T / temperature  # (B, N)
+        if dup is not None:
+            logits_tq = logits_tq.masked_fill(dup, float("-inf"))  # queries of the same target
         loss = 0.5 * (loss + F.cross_entropy(logits_tq, labels))
 
     with torch.no_grad():
