@@ -21,6 +21,7 @@ COMMANDS = {
     "report": "Print meta-task, modality and overall tables for score files, side by side.",
     "data": "Build datasets: `mmemb data build-mini` makes the mmeb-mini benchmark from Debian data.",
     "info": "Print a model's settings (backbone, tokens, modes) and where its weights come from.",
+    "train": "Train: `mmemb train stage1 --config configs/nano.yaml [key=value ...]` (contrastive + reasoning SFT).",
     "reason": "Reasoning paths: generate candidate rationales, select them by counterfactual utility, inspect.",
 }
 
@@ -105,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .reasoning.cli import add_parser as add_reason
 
     add_reason(sub)
+    p = sub.add_parser("train", help=COMMANDS["train"], description=COMMANDS["train"])
+    tsub = p.add_subparsers(dest="train_command", metavar="TRAIN_COMMAND", required=True)
+    t = tsub.add_parser("stage1", help="joint InfoNCE (disc + gen) + LM loss on the selected rationales")
+    t.add_argument("--config", type=Path, help="YAML config (configs/nano.yaml); keys: mmemb/train/config.py")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 run.max_steps=50")
     return parser
 
 
@@ -124,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             "data": cmd_data,
             "info": cmd_info,
             "reason": cmd_reason,
+            "train": cmd_train,
         }
         return handlers[args.command](args)
     except (InputError, AssetError) as e:
@@ -230,6 +237,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.config import load_train_config
+    from .train.stage1 import train_stage1
+
+    cfg = load_train_config(args.config, args.overrides)  # every key checked before any compute
+    _quiet_libraries()
+    train_stage1(cfg)
     return 0
 
 

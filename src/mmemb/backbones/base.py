@@ -80,6 +80,13 @@ class Backbone(nn.Module):
         use_cache is False)."""
         raise NotImplementedError
 
+    def forward(self, *args, **kwargs) -> tuple[torch.Tensor, Any]:
+        """`forward_hidden`, so that a wrapper (DDP, FSDP under accelerate) sees the training forward."""
+        return self.forward_hidden(*args, **kwargs)
+
+    def configure_trainable(self) -> None:
+        """Set `requires_grad` for stage-1 training (default: leave it as built)."""
+
     # ---- the wrapped transformers model (subclasses set `self.hf_model`) ------------------------
     @property
     def lm_head(self) -> nn.Module:

@@ -131,6 +131,11 @@ class HFBackbone(Backbone):
         )
         return out.last_hidden_state, out.past_key_values
 
+    def configure_trainable(self) -> None:
+        """UME-R1's stage-1 setting: the vision tower frozen, its merger (projector) and the LM trained."""
+        for name, p in self.named_parameters():
+            p.requires_grad_(".visual." not in name or ".merger." in name)
+
     def save(self, directory: Path) -> None:
         target = Path(directory) / SAVED_SUBDIR
         self.model.save_pretrained(target)

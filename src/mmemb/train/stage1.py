@@ -1,0 +1,233 @@
+"""Stage-1 training: joint contrastive + reasoning SFT on the selected rationales. One plain loop.
+
+    for step in range(start, max_steps):
+        set the learning rate (warm-up, then cosine / linear / constant)
+        for each of `accumulation` contrastive batches (this rank's share of a seeded global order):
+            encode chunk by chunk (GradCache) or all at once:
+                query  + its completion (rationale or no-think)  -> disc at <disc_emb>, gen at <gen_emb>, LM
+                target + no-think completion                     -> disc, gen, LM
+            loss = disc·InfoNCE(q_disc, t_disc) + gen·InfoNCE(q_gen, t_gen) [+ cross·InfoNCE(q_gen, t_disc)]
+                   + lm·(token-mean next-token loss on the completions)
+        clip, AdamW step; log (console, TensorBoard); checkpoint every save_every steps
+
+Run through accelerate, so the same code runs on CPU, one GPU or several (DDP / FSDP / DeepSpeed through
+`accelerate launch`). InfoNCE takes its negatives from the whole global batch, gathered with gradient.
+In-batch targets with the same content as the positive are masked (they are not negatives). A killed run
+resumes from its newest checkpoint to exactly the weights an uninterrupted run reaches (tested).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..data.pairs import read_pairs
+from ..embedder import Embedder
+from ..losses import full_batch_backward, gradcache_backward, info_nce
+from ..types import InputError
+from .config import TrainConfig, load_train_config, save_train_config
+from .data import BatchOrder, Example, build_examples
+from .state import latest_checkpoint, load_checkpoint, save_checkpoint
+
+LOSS_TERMS = ("disc", "gen", "cross", "lm")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warm-up, then the schedule."""
+    o, total = cfg.optim, cfg.run.max_steps
+    warm = round(o.warmup_ratio * total)
+    if step < warm:
+        return o.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    if o.scheduler == "cosine":
+        return o.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    if o.scheduler == "linear":
+        return o.lr * (1 - progress)
+    return o.lr
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """What can be checked before any model is loaded: files the config names, extras it needs."""
+    d = cfg.data
+    if d.variant == "selected" and not Path(d.selection).is_file():
+        raise InputError(
+            f"data.selection {d.selection!r}: not found (variant 'selected' needs `mmemb reason select`)"
+        )
+    if d.variant == "all" and not Path(d.candidates).is_file():
+        raise InputError(
+            f"data.candidates {d.candidates!r}: not found (variant 'all' needs `mmemb reason generate`)"
+        )
+    if cfg.run.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise InputError("run.tensorboard needs the tensorboard package: pip install 'mmemb[train]' "
+                             "(or set run.tensorboard=false)") from None  # fmt: skip
+
+
+def embed_with_completions(
+    model: torch.nn.Module, embedder: Embedder, samples: list, completions: list[str]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward with grad over prompt + completion. Returns disc (b, D) at <disc_emb>, gen (b, D) at the
+    last token (<gen_emb>), both L2-normalised, and the summed next-token loss over completion tokens."""
+    bb = embedder.backbone
+    p = bb.prepare(samples, [embedder.prompt(s) + c for s, c in zip(samples, completions, strict=True)])
+    device = bb.device
+    ids = p.input_ids.to(device)  # (b, T)
+    extra = {k: v.to(device) for k, v in p.extra.items()}
+    hidden, _ = model(
+        ids, p.attention_mask.to(device), p.position_ids.to(device), None, extra, False
+    )  # (b, T, D)
+    b, T = ids.shape
+    is_disc = ids == embedder.ids["disc_emb"]  # (b, T)
+    disc_pos = (T - 1) - is_disc.flip(1).float().argmax(1)  # (b,) last <disc_emb>: the prompt's end
+    rows = torch.arange(b, device=device)
+    disc = F.normalize(hidden[rows, disc_pos].float(), dim=-1)  # (b, D)
+    gen = F.normalize(hidden[:, -1].float(), dim=-1)  # (b, D)
+    predicts = (torch.arange(T, device=device)[None, :] > disc_pos[:, None])[:, 1:]  # (b, T-1): next is ours
+    logits = bb.logits(hidden[:, :-1][predicts])  # (n, V): only completion positions
+    lm_sum = F.cross_entropy(logits, ids[:, 1:][predicts], reduction="sum")
+    return disc, gen, lm_sum
+
+
+def completion_tokens(embedder: Embedder, batch: list[Example]) -> int:
+    tok = embedder.backbone.tokenizer
+    return sum(len(tok(e.q_completion + "", add_special_tokens=False)["input_ids"]) +
+               len(tok(e.t_completion, add_special_tokens=False)["input_ids"]) for e in batch)  # fmt: skip
+
+
+def batch_backward(model, embedder: Embedder, batch: list[Example], cfg: TrainConfig, backward) -> dict:
+    """Forward + backward of one contrastive batch (GradCache when batch.chunk < batch.size)."""
+    L = cfg.loss
+    total = completion_tokens(embedder, batch)
+    target_ids = torch.tensor([e.target_id for e in batch], device=embedder.backbone.device)
+
+    def encode(chunk: list[Example]):
+        q_disc, q_gen, q_lm = embed_with_completions(
+            model, embedder, [e.query for e in chunk], [e.q_completion for e in chunk]
+        )
+        t_disc, t_gen, t_lm = embed_with_completions(
+            model, embedder, [e.target for e in chunk], [e.t_completion for e in chunk]
+        )
+        return {"q_disc": q_disc, "t_disc": t_disc, "q_gen": q_gen, "t_gen": t_gen}, L.lm * (q_lm + t_lm) / total  # fmt: skip
+
+    def loss_fn(r: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, q, t, w in (("disc", r["q_disc"], r["t_disc"], L.disc), ("gen", r["q_gen"], r["t_gen"], L.gen),
+                              ("cross", r["q_gen"], r["t_disc"], L.cross_mode)):  # fmt: skip
+            if w > 0:
+                res = info_nce(q, t, temperature=L.temperature, symmetric=L.symmetric, target_ids=target_ids)
+                out[f"{name}_loss"] = w * res["loss"]
+                out[f"{name}_accuracy"] = res["accuracy"]
+        return out
+
+    size = cfg.batch.chunk or len(batch)
+    chunks = [batch[i : i + size] for i in range(0, len(batch), size)]
+    run = gradcache_backward if len(chunks) > 1 else full_batch_backward
+    out = run(encode, chunks, loss_fn, backward=backward)
+    out["lm_loss"] = out.pop("extra_loss")
+    return out
+
+
+def train_stage1(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Train and write `run.output`/final (loads with Embedder.from_pretrained). Returns that folder."""
+    from accelerate import Accelerator
+
+    check_inputs(cfg)
+    d = cfg.data
+    pairs = read_pairs(d.source, split=d.split, tasks=list(d.tasks) or None, limit_per_task=d.limit_per_task,
+                       media_root=Path(d.media_root) if d.media_root else None)  # fmt: skip
+    out = Path(cfg.run.output)
+    ckpt = latest_checkpoint(out)
+    if ckpt is not None:
+        saved = load_train_config(ckpt / "config.yaml")
+        for section in ("model", "data", "loss", "optim", "batch"):
+            if getattr(saved, section) != getattr(cfg, section):
+                raise InputError(f"{out}: holds a run with another {section!r} config ({ckpt}/config.yaml); "
+                                 "use a new run.output, or the same config to resume")  # fmt: skip
+    accelerator = Accelerator(mixed_precision=cfg.run.mixed_precision)
+    torch.manual_seed(cfg.run.seed)
+    overrides = {k: v for k, v in vars(cfg.model.backbone).items() if k not in ("kind", "source")}
+    embedder = Embedder.from_pretrained(cfg.model.init, **overrides)
+    if cfg.loss.cross_mode > 0 and ["gen", "disc"] not in embedder.config.valid_mode_pairs:
+        embedder.config.valid_mode_pairs.append(["gen", "disc"])  # the output model's config: spaces shared
+    examples = build_examples(pairs, d, embedder.config.tokens)
+    bb = embedder.backbone
+    bb.configure_trainable()
+    params = {n: p for n, p in bb.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(params.values(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    model, wrapped_opt = accelerator.prepare(bb, optimizer)
+    order = BatchOrder(len(examples), cfg.run.seed)
+    start = 0
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, params, optimizer)
+        order.load(state["order"])
+        start = state["step"]
+        accelerator.print(f"mmemb train: resuming from {ckpt} (step {start})")
+    main = accelerator.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_train_config(cfg, out / "config.yaml")
+    writer = None
+    if cfg.run.tensorboard and main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1)
+    world, rank, B, accum = (
+        accelerator.num_processes,
+        accelerator.process_index,
+        cfg.batch.size,
+        cfg.batch.accumulation,
+    )
+    accelerator.print(f"mmemb train: {len(examples)} examples ({len(pairs)} pairs, variant {d.variant}), "
+                      f"{len(params)} trainable tensors ({sum(p.numel() for p in params.values()):,} values), "
+                      f"batch {B} x {world} process(es) x {accum} accumulation")  # fmt: skip
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(start, cfg.run.max_steps):
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        logs: dict[str, float] = {}
+        for _ in range(accum):
+            batch = [examples[i] for i in order.next(B * world)[rank * B : (rank + 1) * B]]
+            res = batch_backward(model, embedder, batch, cfg, lambda x: accelerator.backward(x / accum))
+            for k, v in res.items():
+                logs[k] = logs.get(k, 0.0) + float(v) / accum
+        norm = accelerator.clip_grad_norm_(list(params.values()), cfg.optim.max_grad_norm or float("inf"))
+        wrapped_opt.step()
+        wrapped_opt.zero_grad(set_to_none=True)
+        logs |= {"lr": lr, "grad_norm": float(norm)}
+        done = step + 1
+        if main and (done % cfg.run.log_every == 0 or done == cfg.run.max_steps or done == start + 1):
+            secs = (time.perf_counter() - t0) / (done - start)
+            terms = " ".join(
+                f"{k[:-5]} {logs[k]:.4f}" for k in sorted(logs) if k.endswith("_loss") and k != "loss"
+            )
+            print(f"step {done}/{cfg.run.max_steps} loss {logs['loss']:.4f} ({terms}) "
+                  f"acc {logs.get('disc_accuracy', 0):.2f}/{logs.get('gen_accuracy', 0):.2f} lr {lr:.2e} "
+                  f"grad {logs['grad_norm']:.2f} {secs:.1f}s/step", file=sys.stderr if not progress else sys.stdout)  # fmt: skip
+            if writer:
+                for k, v in logs.items():
+                    writer.add_scalar(
+                        k.replace("_", "/", 1) if k.endswith(("_loss", "_accuracy")) else k, v, done
+                    )
+        if done % cfg.run.save_every == 0 or done == cfg.run.max_steps:
+            accelerator.wait_for_everyone()
+            if main:
+                save_checkpoint(out, done, params, optimizer, order.state(), cfg, cfg.run.keep_checkpoints)
+    if writer:
+        writer.close()
+    accelerator.wait_for_everyone()
+    final = out / "final"
+    if main:
+        embedder.save_pretrained(final)
+        accelerator.print(
+            f"mmemb train: {cfg.run.max_steps - start} steps in {time.perf_counter() - t0:.0f}s -> {final}"
+        )
+    return final

@@ -1,0 +1,190 @@
+"""Stage-1 training on a tiny random Qwen2-VL and a toy dataset: learning, GradCache equivalence on the real
+backbone, accumulation, exact resume after SIGKILL, the saved embedder, and errors before compute."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmemb import Embedder
+from mmemb.cli import main
+from mmemb.data.pairs import read_pairs
+from mmemb.testing.tiny_hf import build_tiny_hf
+from mmemb.train.config import load_train_config
+from mmemb.train.data import BatchOrder, build_examples
+from mmemb.train.stage1 import batch_backward, train_stage1
+
+from .test_reasoning import make_toy
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    return {"toy": make_toy(root / "toy", n=8), "tiny": build_tiny_hf("qwen2_vl", root / "tiny")}
+
+
+def cfg_for(world, tmp_path, *extra):
+    base = [f"model.init={world['tiny']}", f"data.source={world['toy']}", "data.variant=none", "batch.size=4",
+            "batch.chunk=2", "run.log_every=1", "run.tensorboard=false", f"run.output={tmp_path / 'out'}"]  # fmt: skip
+    return load_train_config(None, [*base, *extra])
+
+
+def setup(world, cfg):
+    emb = Embedder.from_pretrained(cfg.model.init)
+    emb.backbone.configure_trainable()
+    pairs = read_pairs(cfg.data.source)
+    return emb, build_examples(pairs, cfg.data, emb.config.tokens)
+
+
+def grads(emb) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in emb.backbone.named_parameters() if p.grad is not None}
+
+
+def test_gradcache_equals_the_full_batch_on_the_real_backbone(world, tmp_path):
+    results = []
+    for chunk in (0, 2, 1):
+        cfg = cfg_for(world, tmp_path, f"batch.chunk={chunk}", "loss.cross_mode=0.5")
+        emb, examples = setup(world, cfg)
+        emb.backbone.train()
+        out = batch_backward(emb.backbone, emb, examples[:4], cfg, lambda x: x.backward())
+        results.append((out, grads(emb)))
+    (full, g_full), *others = results
+    assert set(g_full) and all(n.find(".visual.blocks") < 0 for n in g_full)  # vision tower frozen
+    for out, g in others:
+        for k in ("loss", "disc_loss", "gen_loss", "cross_loss", "lm_loss"):
+            assert float(out[k]) == pytest.approx(float(full[k]), rel=1e-5, abs=1e-6), k
+        assert set(g) == set(g_full)
+        for n in g_full:
+            scale = g_full[n].abs().max().item()  # float32: agree to rounding relative to the tensor's size
+            torch.testing.assert_close(g[n], g_full[n], rtol=1e-4, atol=1e-5 * scale, msg=n)
+
+
+def test_a_few_steps_change_the_trainable_weights_and_lower_the_loss_on_a_fixed_batch(world, tmp_path):
+    cfg = cfg_for(world, tmp_path)
+    emb, examples = setup(world, cfg)
+    bb = emb.backbone
+    bb.train()
+    before = {n: p.detach().clone() for n, p in bb.named_parameters()}
+    params = [p for p in bb.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    losses = []
+    for _ in range(8):
+        out = batch_backward(bb, emb, examples[:4], cfg, lambda x: x.backward())
+        losses.append(float(out["loss"]))
+        opt.step()
+        opt.zero_grad()
+    assert losses[-1] < losses[0] * 0.8, losses
+    changed = {n for n, p in bb.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {n for n, p in bb.named_parameters() if p.requires_grad}
+    assert not any(".visual.blocks" in n for n in changed)
+
+
+def test_accumulation_averages_the_gradients_of_consecutive_batches(world, tmp_path):
+    """One optimizer step with accumulation 2 equals AdamW on the mean gradient of the next two batches."""
+    cfg = cfg_for(world, tmp_path, "batch.accumulation=2", "run.max_steps=1", "optim.max_grad_norm=0",
+                  "optim.warmup_ratio=0", "optim.scheduler=constant", "optim.lr=1e-3")  # fmt: skip
+    final = train_stage1(cfg, progress=False)
+    trained = dict(Embedder.from_pretrained(final).backbone.named_parameters())
+    emb, examples = setup(world, cfg)
+    emb.backbone.train()
+    order = BatchOrder(len(examples), cfg.run.seed)
+    torch.manual_seed(cfg.run.seed)
+    params = [p for p in emb.backbone.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    for _ in range(2):
+        batch = [examples[i] for i in order.next(4)]
+        batch_backward(emb.backbone, emb, batch, cfg, lambda x: (x / 2).backward())
+    opt.step()
+    mine = dict(emb.backbone.named_parameters())
+    assert set(trained) == set(mine)
+    for n, v in trained.items():
+        torch.testing.assert_close(v.detach(), mine[n].detach(), rtol=1e-5, atol=1e-7, msg=n)
+    start = dict(Embedder.from_pretrained(world["tiny"]).backbone.named_parameters())
+    assert not all(torch.equal(v, start[n]) for n, v in trained.items())  # the step did something
+
+
+def test_killed_with_sigkill_then_resumed_reaches_the_same_weights(world, tmp_path):
+    common = [f"model.init={world['tiny']}", f"data.source={world['toy']}", "data.variant=none", "batch.size=4",
+              "batch.chunk=2", "run.max_steps=60", "run.save_every=5", "run.log_every=10"]  # fmt: skip
+    ref = cfg_for(world, tmp_path, *common, f"run.output={tmp_path / 'ref'}")
+    ref_final = train_stage1(ref, progress=False)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-c", "import sys; from mmemb.cli import main; sys.exit(main(sys.argv[1:]))",
+           "train", "stage1", *common, "run.tensorboard=false", f"run.output={out}"]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while (
+        time.time() < deadline and proc.poll() is None and not (out / "checkpoints" / "step-000010").is_dir()
+    ):
+        time.sleep(0.005)
+    assert proc.poll() is None, f"finished before it could be killed: {proc.stderr.read().decode()[-800:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final").exists()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert "resuming from" in done.stdout + done.stderr
+    a = load_file(str(ref_final / "backbone" / "model.safetensors"))
+    b = load_file(str(out / "final" / "backbone" / "model.safetensors"))
+    assert set(a) == set(b)
+    assert all(torch.equal(a[n], b[n]) for n in a), [n for n in a if not torch.equal(a[n], b[n])][:3]
+
+
+def test_the_saved_embedder_loads_and_embeds_with_its_config(world, tmp_path):
+    cfg = cfg_for(world, tmp_path, "run.max_steps=2", "loss.cross_mode=0.2", "run.tensorboard=true")
+    final = train_stage1(cfg, progress=False)
+    emb = Embedder.from_pretrained(final)
+    assert ["gen", "disc"] in emb.config.valid_mode_pairs
+    out = emb.encode(["a red circle", "a blue square"])
+    assert out.vectors.shape[0] == 2 and np.allclose(np.linalg.norm(out.vectors, axis=1), 1, atol=1e-5)
+    assert list((tmp_path / "out" / "tensorboard").glob("events.*"))
+    saved = load_train_config(tmp_path / "out" / "checkpoints" / "step-000002" / "config.yaml")
+    assert saved == cfg
+
+
+def test_selected_variant_trains_the_selected_rationales(world, tmp_path):
+    pairs = read_pairs(world["toy"])
+    sel = tmp_path / "selection.jsonl"
+    rows = [{"pair_id": p.id, "label": "think" if i % 2 else "no_think",
+             "rationale": {"think": f"about {p.id}", "answer": "x"} if i % 2 else None}
+            for i, p in enumerate(pairs)]  # fmt: skip
+    sel.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = cfg_for(world, tmp_path, "data.variant=selected", f"data.selection={sel}")
+    emb = Embedder.from_pretrained(world["tiny"])
+    examples = build_examples(pairs, cfg.data, emb.config.tokens)
+    assert [e.q_completion.startswith("<think>about ") for e in examples] == [
+        bool(i % 2) for i in range(len(pairs))
+    ]
+    assert all(e.t_completion == "<no_think><gen_emb>" for e in examples)
+    sel.write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]))  # one pair missing
+    with pytest.raises(Exception, match="have no selection"):
+        build_examples(pairs, cfg.data, emb.config.tokens)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["optim.lrr=1"], "unknown key 'optim.lrr'"),
+        (["batch.size=big"], "expected int"),
+        (
+            ["data.variant=selected", "data.selection=nowhere.jsonl"],
+            "data.selection 'nowhere.jsonl': not found",
+        ),
+        (["data.variant=none", "data.source=no/such/folder"], "no/such/folder: not found"),
+    ],
+)
+def test_bad_input_fails_before_any_compute(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    code = main(["train", "stage1", f"run.output={out}", "run.tensorboard=false", *args])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
