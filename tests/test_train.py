@@ -41,7 +41,7 @@ def cfg_for(world, tmp_path, *extra):
 def setup(world, cfg):
     emb = Embedder.from_pretrained(cfg.model.init)
     emb.backbone.configure_trainable()
-    pairs = read_pairs(cfg.data.source)
+    pairs = read_pairs(cfg.data.source, tasks=list(cfg.data.tasks) or None)
     return emb, build_examples(pairs, cfg.data, emb.config.tokens)
 
 
@@ -52,7 +52,10 @@ def grads(emb) -> dict[str, torch.Tensor]:
 def test_gradcache_equals_the_full_batch_on_the_real_backbone(world, tmp_path):
     results = []
     for chunk in (0, 2, 1):
-        cfg = cfg_for(world, tmp_path, f"batch.chunk={chunk}", "loss.cross_mode=0.5")
+        cfg = cfg_for(
+            world, tmp_path, f"batch.chunk={chunk}", "loss.cross_mode=0.5", "data.hard_negatives=2",
+            "data.tasks=[Toy-CLS]",
+        )  # fmt: skip
         emb, examples = setup(world, cfg)
         emb.backbone.train()
         out = batch_backward(emb.backbone, emb, examples[:4], cfg, lambda x: x.backward())
@@ -188,3 +191,10 @@ def test_bad_input_fails_before_any_compute(tmp_path, capsys, args, message):
     code = main(["train", "stage1", f"run.output={out}", "run.tensorboard=false", *args])
     assert code == 2 and message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_hard_negatives_need_enough_per_pair(world, tmp_path):
+    cfg = cfg_for(world, tmp_path, "data.hard_negatives=2")  # Toy-RET (global) has none
+    emb = Embedder.from_pretrained(world["tiny"])
+    with pytest.raises(Exception, match=r"tasks \['Toy-RET'\] have fewer hard negatives"):
+        build_examples(read_pairs(world["toy"]), cfg.data, emb.config.tokens)

@@ -51,6 +51,13 @@ def build_examples(pairs: list[Pair], data: DataSection, tokens: TokensConfig) -
 
         for pid, rows in load_for(pairs, Path(data.candidates)).items():
             completions[pid] = [think_completion(r["think"], r["answer"], tokens) for r in rows if r["valid"]]
+    if data.hard_negatives:
+        short = sorted({p.task for p in pairs if len(p.negatives) < data.hard_negatives})
+        if short:
+            raise InputError(
+                f"data.hard_negatives={data.hard_negatives}: tasks {short} have fewer hard negatives per pair "
+                "in the data; lower data.hard_negatives, or leave those tasks out with data.tasks"
+            )
     ids: dict[str, int] = {}
     out = []
     for p in pairs:

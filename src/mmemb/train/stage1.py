@@ -107,6 +107,8 @@ def batch_backward(model, embedder: Embedder, batch: list[Example], cfg: TrainCo
     total = completion_tokens(embedder, batch)
     target_ids = torch.tensor([e.target_id for e in batch], device=embedder.backbone.device)
 
+    H = cfg.data.hard_negatives
+
     def encode(chunk: list[Example]):
         q_disc, q_gen, q_lm = embed_with_completions(
             model, embedder, [e.query for e in chunk], [e.q_completion for e in chunk]
@@ -114,14 +116,25 @@ def batch_backward(model, embedder: Embedder, batch: list[Example], cfg: TrainCo
         t_disc, t_gen, t_lm = embed_with_completions(
             model, embedder, [e.target for e in chunk], [e.t_completion for e in chunk]
         )
-        return {"q_disc": q_disc, "t_disc": t_disc, "q_gen": q_gen, "t_gen": t_gen}, L.lm * (q_lm + t_lm) / total  # fmt: skip
+        embs = {"q_disc": q_disc, "t_disc": t_disc, "q_gen": q_gen, "t_gen": t_gen}
+        if H:  # hard negatives from the data, embedded like targets (no-think); no LM loss on them
+            negs = [n for e in chunk for n in e.negatives]
+            n_disc, n_gen, _ = embed_with_completions(
+                model, embedder, negs, [chunk[0].t_completion] * len(negs)
+            )
+            embs |= {
+                "n_disc": n_disc.view(len(chunk), H, -1),
+                "n_gen": n_gen.view(len(chunk), H, -1),
+            }  # (b, H, D)
+        return embs, L.lm * (q_lm + t_lm) / total  # fmt: skip
 
     def loss_fn(r: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
-        for name, q, t, w in (("disc", r["q_disc"], r["t_disc"], L.disc), ("gen", r["q_gen"], r["t_gen"], L.gen),
-                              ("cross", r["q_gen"], r["t_disc"], L.cross_mode)):  # fmt: skip
+        for name, q, t, hard, w in (("disc", r["q_disc"], r["t_disc"], r.get("n_disc"), L.disc),
+                                    ("gen", r["q_gen"], r["t_gen"], r.get("n_gen"), L.gen),
+                                    ("cross", r["q_gen"], r["t_disc"], r.get("n_disc"), L.cross_mode)):  # fmt: skip
             if w > 0:
-                res = info_nce(q, t, temperature=L.temperature, symmetric=L.symmetric, target_ids=target_ids)
+                res = info_nce(q, t, hard, L.temperature, L.symmetric, target_ids=target_ids)
                 out[f"{name}_loss"] = w * res["loss"]
                 out[f"{name}_accuracy"] = res["accuracy"]
         return out
