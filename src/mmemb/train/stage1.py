@@ -10,8 +10,9 @@
                    + lm·(token-mean next-token loss on the completions)
         clip, AdamW step; log (console, TensorBoard); checkpoint every save_every steps
 
-Run through accelerate, so the same code runs on CPU, one GPU or several (DDP / FSDP / DeepSpeed through
-`accelerate launch`). InfoNCE takes its negatives from the whole global batch, gathered with gradient.
+Run through accelerate, so the same code runs on CPU, one GPU or several with DDP (`accelerate launch
+--multi_gpu`, several nodes too). FSDP and DeepSpeed are refused for now: the checkpoints hold unsharded
+parameters and optimizer moments. InfoNCE takes its negatives from the whole global batch, gathered with gradient.
 In-batch targets with the same content as the positive are masked (they are not negatives). A killed run
 resumes from its newest checkpoint to exactly the weights an uninterrupted run reaches (tested).
 """
@@ -164,6 +165,12 @@ def train_stage1(cfg: TrainConfig, progress: bool = True) -> Path:
                 raise InputError(f"{out}: holds a run with another {section!r} config ({ckpt}/config.yaml); "
                                  "use a new run.output, or the same config to resume")  # fmt: skip
     accelerator = Accelerator(mixed_precision=cfg.run.mixed_precision)
+    kind = str(accelerator.distributed_type)
+    if "FSDP" in kind or "DEEPSPEED" in kind:
+        raise InputError(
+            f"accelerate is set up for {kind}: sharded training is not supported yet (checkpoints hold "
+            "unsharded parameters and optimizer moments); use DDP (`accelerate launch --multi_gpu`)"
+        )
     torch.manual_seed(cfg.run.seed)
     overrides = {k: v for k, v in vars(cfg.model.backbone).items() if k not in ("kind", "source")}
     embedder = Embedder.from_pretrained(cfg.model.init, **overrides)
