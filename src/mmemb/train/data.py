@@ -16,7 +16,6 @@ resumed run sees exactly the batches the uninterrupted run would have.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 
 from ..config import TokensConfig
 from ..data.pairs import Pair
-from ..eval.tasks import content_key
+from ..eval.tasks import content_key, read_rows
 from ..reasoning.format import no_think_completion, think_completion
 from ..types import InputError, Sample
 from .config import DataSection
@@ -75,17 +74,11 @@ def _from_selection(pairs: list[Pair], path: Path, tokens: TokensConfig) -> dict
     known = {p.id for p in pairs}
     seen: set[str] = set()
     out: dict[str, list[str]] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    for where, row in read_rows(path):
         pid = row.get("pair_id")
         if pid not in known:
             raise InputError(
-                f"{path}:{n}: pair {pid!r} is not in the training data; select with the same --data, --tasks "
+                f"{where}: pair {pid!r} is not in the training data; select with the same --data, --tasks "
                 "and --limit-per-task as data.source, data.tasks, data.limit_per_task"
             )
         seen.add(pid)
