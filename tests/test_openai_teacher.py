@@ -48,6 +48,7 @@ def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _send(self, code: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
+            self._leave()  # before the reply: once the client has it, it may send its next request
             try:
                 self.send_response(code)
                 for k, v in (headers or {}).items():
@@ -67,11 +68,17 @@ def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
                 stub.attempts[text] = attempt + 1
                 stub.in_flight += 1
                 stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
+            self._counted = True
             try:
                 self._respond(text, attempt)
             finally:
-                with stub.lock:
+                self._leave()
+
+        def _leave(self) -> None:
+            with stub.lock:
+                if getattr(self, "_counted", False):
                     stub.in_flight -= 1
+                    self._counted = False
 
         def _respond(self, text: str, attempt: int) -> None:
             if "FAIL500" in text or ("FLAKY" in text and attempt == 0):
