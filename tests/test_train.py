@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,3 +199,51 @@ def test_hard_negatives_need_enough_per_pair(world, tmp_path):
     emb = Embedder.from_pretrained(world["tiny"])
     with pytest.raises(Exception, match=r"tasks \['Toy-RET'\] have fewer hard negatives"):
         build_examples(read_pairs(world["toy"]), cfg.data, emb.config.tokens)
+
+
+DDP_RANK = """
+import os, sys
+rank, port, out = sys.argv[1], sys.argv[2], sys.argv[3]
+os.environ.update(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                  MASTER_PORT=port, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+from mmemb.train.config import load_train_config
+from mmemb.train.stage1 import train_stage1
+train_stage1(load_train_config(None, sys.argv[4:] + [f"run.output={out}"]), progress=False)
+"""
+
+
+def test_two_process_ddp_equals_one_process_with_the_global_batch(world, tmp_path):
+    """2 CPU processes (gloo) x batch 4 == 1 process x batch 8: the same global batches, negatives gathered
+    across processes, gradients averaged by DDP. (LM off: its token mean is taken per process.)"""
+    from .test_losses import _free_port
+
+    common = [f"model.init={world['tiny']}", f"data.source={world['toy']}", "data.variant=none",
+              "batch.chunk=2", "run.max_steps=3", "run.save_every=3", "run.tensorboard=false", "loss.lm=0",
+              "loss.cross_mode=0.3"]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", DDP_RANK, str(r), port, str(tmp_path / "ddp"), *common, "batch.size=4"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        for r in range(2)
+    ]
+    errs = [p.communicate(timeout=300)[1].decode() for p in procs]
+    if (
+        any(p.returncode for p in procs)
+        and "gloo" in "".join(errs).lower()
+        and "connect" in "".join(errs).lower()
+    ):
+        pytest.skip(f"could not start 2 gloo processes here: {errs[0][-300:]}")
+    assert all(p.returncode == 0 for p in procs), errs[0][-1500:] + errs[1][-1500:]
+    single = train_stage1(
+        load_train_config(None, [*common, "batch.size=8", f"run.output={tmp_path / 'one'}"])
+    )
+    a = load_file(str(tmp_path / "ddp" / "final" / "backbone" / "model.safetensors"))
+    b = load_file(str(single / "backbone" / "model.safetensors"))
+    start = load_file(str(Path(world["tiny"]) / "model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert max((a[k] - start[k]).abs().max().item() for k in a if k in start) > 1e-2  # training moved them

@@ -80,9 +80,20 @@ class Backbone(nn.Module):
         use_cache is False)."""
         raise NotImplementedError
 
-    def forward(self, *args, **kwargs) -> tuple[torch.Tensor, Any]:
-        """`forward_hidden`, so that a wrapper (DDP, FSDP under accelerate) sees the training forward."""
-        return self.forward_hidden(*args, **kwargs)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        extra: dict | None = None,
+        lm_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The training forward (no cache): hidden states (B, T, D) and, where `lm_mask` (B, T-1) is set,
+        next-token logits (n, V) from the positions it marks. Everything with a gradient happens in here,
+        so a wrapper (DDP under accelerate) sees every use of every parameter (the LM head included)."""
+        hidden, _ = self.forward_hidden(input_ids, attention_mask, position_ids, None, extra, use_cache=False)
+        logits = self.logits(hidden[:, :-1][lm_mask]) if lm_mask is not None else None
+        return hidden, logits
 
     def configure_trainable(self) -> None:
         """Set `requires_grad` for stage-1 training (default: leave it as built)."""

@@ -72,28 +72,31 @@ def check_inputs(cfg: TrainConfig) -> None:
 
 
 def embed_with_completions(
-    model: torch.nn.Module, embedder: Embedder, samples: list, completions: list[str]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    model: torch.nn.Module,
+    embedder: Embedder,
+    samples: list,
+    completions: list[str],
+    lm_rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """One forward with grad over prompt + completion. Returns disc (b, D) at <disc_emb>, gen (b, D) at the
-    last token (<gen_emb>), both L2-normalised, and the summed next-token loss over completion tokens."""
+    last token (<gen_emb>), both L2-normalised, the summed next-token loss over the completion tokens of the
+    first `lm_rows` rows (default all), and how many tokens that sum covers."""
     bb = embedder.backbone
     p = bb.prepare(samples, [embedder.prompt(s) + c for s, c in zip(samples, completions, strict=True)])
     device = bb.device
     ids = p.input_ids.to(device)  # (b, T)
-    extra = {k: v.to(device) for k, v in p.extra.items()}
-    hidden, _ = model(
-        ids, p.attention_mask.to(device), p.position_ids.to(device), None, extra, False
-    )  # (b, T, D)
     b, T = ids.shape
     is_disc = ids == embedder.ids["disc_emb"]  # (b, T)
     disc_pos = (T - 1) - is_disc.flip(1).float().argmax(1)  # (b,) last <disc_emb>: the prompt's end
+    predicts = (torch.arange(T, device=device)[None, :] > disc_pos[:, None])[:, 1:]  # (b, T-1): next is ours
+    predicts[(b if lm_rows is None else lm_rows) :] = False
+    extra = {k: v.to(device) for k, v in p.extra.items()}
+    hidden, logits = model(ids, p.attention_mask.to(device), p.position_ids.to(device), extra, predicts)
     rows = torch.arange(b, device=device)
     disc = F.normalize(hidden[rows, disc_pos].float(), dim=-1)  # (b, D)
     gen = F.normalize(hidden[:, -1].float(), dim=-1)  # (b, D)
-    predicts = (torch.arange(T, device=device)[None, :] > disc_pos[:, None])[:, 1:]  # (b, T-1): next is ours
-    logits = bb.logits(hidden[:, :-1][predicts])  # (n, V): only completion positions
-    lm_sum = F.cross_entropy(logits, ids[:, 1:][predicts], reduction="sum")
-    return disc, gen, lm_sum
+    lm_sum = F.cross_entropy(logits, ids[:, 1:][predicts], reduction="sum")  # logits (n, V): completions only
+    return disc, gen, lm_sum, int(predicts.sum())
 
 
 def completion_tokens(embedder: Embedder, batch: list[Example]) -> int:
@@ -111,23 +114,23 @@ def batch_backward(model, embedder: Embedder, batch: list[Example], cfg: TrainCo
     H = cfg.data.hard_negatives
 
     def encode(chunk: list[Example]):
-        q_disc, q_gen, q_lm = embed_with_completions(
-            model, embedder, [e.query for e in chunk], [e.q_completion for e in chunk]
+        # one forward for queries, targets and hard negatives: one graph per chunk (what DDP expects)
+        b = len(chunk)
+        negs = [n for e in chunk for n in e.negatives] if H else []
+        samples = [e.query for e in chunk] + [e.target for e in chunk] + negs
+        comps = (
+            [e.q_completion for e in chunk]
+            + [e.t_completion for e in chunk]
+            + [chunk[0].t_completion] * len(negs)
         )
-        t_disc, t_gen, t_lm = embed_with_completions(
-            model, embedder, [e.target for e in chunk], [e.t_completion for e in chunk]
-        )
-        embs = {"q_disc": q_disc, "t_disc": t_disc, "q_gen": q_gen, "t_gen": t_gen}
+        disc, gen, lm_sum, _ = embed_with_completions(model, embedder, samples, comps, lm_rows=2 * b)
+        embs = {"q_disc": disc[:b], "t_disc": disc[b : 2 * b], "q_gen": gen[:b], "t_gen": gen[b : 2 * b]}
         if H:  # hard negatives from the data, embedded like targets (no-think); no LM loss on them
-            negs = [n for e in chunk for n in e.negatives]
-            n_disc, n_gen, _ = embed_with_completions(
-                model, embedder, negs, [chunk[0].t_completion] * len(negs)
-            )
             embs |= {
-                "n_disc": n_disc.view(len(chunk), H, -1),
-                "n_gen": n_gen.view(len(chunk), H, -1),
+                "n_disc": disc[2 * b :].view(b, H, -1),
+                "n_gen": gen[2 * b :].view(b, H, -1),
             }  # (b, H, D)
-        return embs, L.lm * (q_lm + t_lm) / total  # fmt: skip
+        return embs, L.lm * lm_sum / total  # fmt: skip
 
     def loss_fn(r: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
@@ -150,7 +153,7 @@ def batch_backward(model, embedder: Embedder, batch: list[Example], cfg: TrainCo
 
 def train_stage1(cfg: TrainConfig, progress: bool = True) -> Path:
     """Train and write `run.output`/final (loads with Embedder.from_pretrained). Returns that folder."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
     check_inputs(cfg)
     d = cfg.data
@@ -164,7 +167,9 @@ def train_stage1(cfg: TrainConfig, progress: bool = True) -> Path:
             if getattr(saved, section) != getattr(cfg, section):
                 raise InputError(f"{out}: holds a run with another {section!r} config ({ckpt}/config.yaml); "
                                  "use a new run.output, or the same config to resume")  # fmt: skip
-    accelerator = Accelerator(mixed_precision=cfg.run.mixed_precision)
+    # find_unused_parameters: a text-only chunk leaves the vision merger without a gradient
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(mixed_precision=cfg.run.mixed_precision, kwargs_handlers=[ddp])
     kind = str(accelerator.distributed_type)
     if "FSDP" in kind or "DEEPSPEED" in kind:
         raise InputError(
