@@ -96,7 +96,7 @@ def test_accumulation_averages_the_gradients_of_consecutive_batches(world, tmp_p
     """One optimizer step with accumulation 2 equals AdamW on the mean gradient of the next two batches."""
     cfg = cfg_for(world, tmp_path, "batch.accumulation=2", "run.max_steps=1", "optim.max_grad_norm=0",
                   "optim.warmup_ratio=0", "optim.scheduler=constant", "optim.lr=1e-3")  # fmt: skip
-    final = train_stage1(cfg, progress=False)
+    final = train_stage1(cfg, log=False)
     trained = dict(Embedder.from_pretrained(final).backbone.named_parameters())
     emb, examples = setup(world, cfg)
     emb.backbone.train()
@@ -120,7 +120,7 @@ def test_killed_with_sigkill_then_resumed_reaches_the_same_weights(world, tmp_pa
     common = [f"model.init={world['tiny']}", f"data.source={world['toy']}", "data.variant=none", "batch.size=4",
               "batch.chunk=2", "run.max_steps=60", "run.save_every=5", "run.log_every=10"]  # fmt: skip
     ref = cfg_for(world, tmp_path, *common, f"run.output={tmp_path / 'ref'}")
-    ref_final = train_stage1(ref, progress=False)
+    ref_final = train_stage1(ref, log=False)
     out = tmp_path / "killed"
     cmd = [sys.executable, "-c", "import sys; from mmemb.cli import main; sys.exit(main(sys.argv[1:]))",
            "train", "stage1", *common, "run.tensorboard=false", f"run.output={out}"]  # fmt: skip
@@ -146,12 +146,18 @@ def test_killed_with_sigkill_then_resumed_reaches_the_same_weights(world, tmp_pa
 
 def test_the_saved_embedder_loads_and_embeds_with_its_config(world, tmp_path):
     cfg = cfg_for(world, tmp_path, "run.max_steps=2", "loss.cross_mode=0.2", "run.tensorboard=true")
-    final = train_stage1(cfg, progress=False)
+    final = train_stage1(cfg, log=False)
     emb = Embedder.from_pretrained(final)
     assert ["gen", "disc"] in emb.config.valid_mode_pairs
     out = emb.encode(["a red circle", "a blue square"])
     assert out.vectors.shape[0] == 2 and np.allclose(np.linalg.norm(out.vectors, axis=1), 1, atol=1e-5)
-    assert list((tmp_path / "out" / "tensorboard").glob("events.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "out" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"disc/loss", "gen/loss", "cross/loss", "lm/loss", "lr", "grad_norm", "disc/accuracy"} <= tags
+    assert [e.step for e in events.Scalars("lr")] == [1, 2]
     saved = load_train_config(tmp_path / "out" / "checkpoints" / "step-000002" / "config.yaml")
     assert saved == cfg
 
@@ -208,7 +214,7 @@ os.environ.update(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE="2", LOCAL_WORLD_SIZE="
                   MASTER_PORT=port, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
 from mmemb.train.config import load_train_config
 from mmemb.train.stage1 import train_stage1
-train_stage1(load_train_config(None, sys.argv[4:] + [f"run.output={out}"]), progress=False)
+train_stage1(load_train_config(None, sys.argv[4:] + [f"run.output={out}"]), log=False)
 """
 
 

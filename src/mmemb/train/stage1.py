@@ -20,7 +20,6 @@ resumes from its newest checkpoint to exactly the weights an uninterrupted run r
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -101,7 +100,7 @@ def embed_with_completions(
 
 def completion_tokens(embedder: Embedder, batch: list[Example]) -> int:
     tok = embedder.backbone.tokenizer
-    return sum(len(tok(e.q_completion + "", add_special_tokens=False)["input_ids"]) +
+    return sum(len(tok(e.q_completion, add_special_tokens=False)["input_ids"]) +
                len(tok(e.t_completion, add_special_tokens=False)["input_ids"]) for e in batch)  # fmt: skip
 
 
@@ -151,8 +150,9 @@ def batch_backward(model, embedder: Embedder, batch: list[Example], cfg: TrainCo
     return out
 
 
-def train_stage1(cfg: TrainConfig, progress: bool = True) -> Path:
-    """Train and write `run.output`/final (loads with Embedder.from_pretrained). Returns that folder."""
+def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
+    """Train and write `run.output`/final (loads with Embedder.from_pretrained). Returns that folder.
+    `log`: print a line every `run.log_every` steps (TensorBoard is written either way)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     check_inputs(cfg)
@@ -230,18 +230,19 @@ def train_stage1(cfg: TrainConfig, progress: bool = True) -> Path:
         logs |= {"lr": lr, "grad_norm": float(norm)}
         done = step + 1
         if main and (done % cfg.run.log_every == 0 or done == cfg.run.max_steps or done == start + 1):
-            secs = (time.perf_counter() - t0) / (done - start)
-            terms = " ".join(
-                f"{k[:-5]} {logs[k]:.4f}" for k in sorted(logs) if k.endswith("_loss") and k != "loss"
-            )
-            print(f"step {done}/{cfg.run.max_steps} loss {logs['loss']:.4f} ({terms}) "
-                  f"acc {logs.get('disc_accuracy', 0):.2f}/{logs.get('gen_accuracy', 0):.2f} lr {lr:.2e} "
-                  f"grad {logs['grad_norm']:.2f} {secs:.1f}s/step", file=sys.stderr if not progress else sys.stdout)  # fmt: skip
             if writer:
                 for k, v in logs.items():
                     writer.add_scalar(
                         k.replace("_", "/", 1) if k.endswith(("_loss", "_accuracy")) else k, v, done
                     )
+            if log:
+                secs = (time.perf_counter() - t0) / (done - start)
+                terms = " ".join(
+                    f"{k[:-5]} {logs[k]:.4f}" for k in sorted(logs) if k.endswith("_loss") and k != "loss"
+                )
+                print(f"step {done}/{cfg.run.max_steps} loss {logs['loss']:.4f} ({terms}) "
+                      f"acc {logs.get('disc_accuracy', 0):.2f}/{logs.get('gen_accuracy', 0):.2f} lr {lr:.2e} "
+                      f"grad {logs['grad_norm']:.2f} {secs:.1f}s/step", flush=True)  # fmt: skip
         if done % cfg.run.save_every == 0 or done == cfg.run.max_steps:
             accelerator.wait_for_everyone()
             if main:
