@@ -225,7 +225,7 @@ def test_two_process_ddp_equals_one_process_with_the_global_batch(world, tmp_pat
 
     common = [f"model.init={world['tiny']}", f"data.source={world['toy']}", "data.variant=none",
               "batch.chunk=2", "run.max_steps=3", "run.save_every=3", "run.tensorboard=false", "loss.lm=0",
-              "loss.cross_mode=0.3"]  # fmt: skip
+              "loss.cross_mode=0.3", "batch.accumulation=2"]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     port = str(_free_port())
     procs = [

@@ -32,13 +32,14 @@ Neither function zeroes gradients or steps an optimiser, so the caller may accum
 ``backward`` is called once per chunk (GradCache) or once (full batch); pass ``accelerator.backward`` under
 accelerate. The gradient cache itself is computed with ``torch.autograd.grad``, never through
 ``backward``, so a loss scaling applied by ``backward`` (accumulation steps, fp16 loss scale) is applied
-exactly once. Under DDP each pass-2 backward all-reduces; wrap all but the last chunk in ``no_sync`` inside
-``encode`` if that matters.
+exactly once. Under DDP pass ``no_sync`` (e.g. ``lambda: accelerator.no_sync(model)``): every chunk but the
+last then accumulates locally and DDP all-reduces once, at the last chunk's backward.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +138,7 @@ def gradcache_backward(
     chunks: Sequence[Any],
     loss_fn: LossFn,
     backward: Backward | None = None,
+    no_sync: Callable[[], AbstractContextManager] | None = None,
 ) -> dict[str, Tensor]:
     """Accumulate into the parameters' ``.grad`` exactly the gradient ``full_batch_backward`` would.
 
@@ -147,6 +149,9 @@ def gradcache_backward(
         chunks: the sub-batches, in order; the full batch is their concatenation.
         loss_fn: full-batch embeddings (name -> (B, ...)) to named outputs; the ``*_loss`` entries are summed.
         backward: how to backpropagate a scalar (default ``loss.backward()``; e.g. ``accelerator.backward``).
+        no_sync: a context in which a pass-2 forward and backward do not synchronise gradients across
+            processes (e.g. ``lambda: accelerator.no_sync(model)``); used for every chunk but the last, so
+            DDP all-reduces once per batch instead of once per chunk.
 
     Returns:
         ``loss_fn``'s output detached, plus ``extra_loss`` (Σ extra) and ``loss`` (contrastive + extra).
@@ -179,20 +184,21 @@ def gradcache_backward(
     start = dict.fromkeys(names, 0)
     for i, (chunk, state) in enumerate(zip(chunks, states, strict=True)):
         _set_rng_state(state)
-        embs, extra = encode(chunk)
-        surrogate = extra.reshape(())
-        for name in names:
-            e = embs[name]  # (b, ...)
-            if e.shape != cached[i][name].shape:
-                raise RuntimeError(
-                    f"gradcache: chunk {i} '{name}' has shape {tuple(e.shape)} in pass 2 but "
-                    f"{tuple(cached[i][name].shape)} in pass 1; encode must be deterministic"
-                )
-            rows = e.shape[0]
-            if name in cache:
-                surrogate = surrogate + (e * cache[name][start[name] : start[name] + rows]).sum()
-            start[name] += rows
-        backward(surrogate)
+        with no_sync() if no_sync and i < len(chunks) - 1 else nullcontext():
+            embs, extra = encode(chunk)
+            surrogate = extra.reshape(())
+            for name in names:
+                e = embs[name]  # (b, ...)
+                if e.shape != cached[i][name].shape:
+                    raise RuntimeError(
+                        f"gradcache: chunk {i} '{name}' has shape {tuple(e.shape)} in pass 2 but "
+                        f"{tuple(cached[i][name].shape)} in pass 1; encode must be deterministic"
+                    )
+                rows = e.shape[0]
+                if name in cache:
+                    surrogate = surrogate + (e * cache[name][start[name] : start[name] + rows]).sum()
+                start[name] += rows
+            backward(surrogate)
     _set_rng_state(end_state)
 
     return _result(out, contrastive, _sum_extras(extras))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -104,8 +105,11 @@ def completion_tokens(embedder: Embedder, batch: list[Example]) -> int:
                len(tok(e.t_completion, add_special_tokens=False)["input_ids"]) for e in batch)  # fmt: skip
 
 
-def batch_backward(model, embedder: Embedder, batch: list[Example], cfg: TrainConfig, backward) -> dict:
-    """Forward + backward of one contrastive batch (GradCache when batch.chunk < batch.size)."""
+def batch_backward(
+    model, embedder: Embedder, batch: list[Example], cfg: TrainConfig, backward, no_sync=None
+) -> dict:
+    """Forward + backward of one contrastive batch (GradCache when batch.chunk < batch.size). `no_sync`:
+    a context that stops DDP from synchronising (all chunks but the last accumulate locally)."""
     L = cfg.loss
     total = completion_tokens(embedder, batch)
     target_ids = torch.tensor([e.target_id for e in batch], device=embedder.backbone.device)
@@ -144,8 +148,10 @@ def batch_backward(model, embedder: Embedder, batch: list[Example], cfg: TrainCo
 
     size = cfg.batch.chunk or len(batch)
     chunks = [batch[i : i + size] for i in range(0, len(batch), size)]
-    run = gradcache_backward if len(chunks) > 1 else full_batch_backward
-    out = run(encode, chunks, loss_fn, backward=backward)
+    if len(chunks) > 1:
+        out = gradcache_backward(encode, chunks, loss_fn, backward=backward, no_sync=no_sync)
+    else:
+        out = full_batch_backward(encode, chunks, loss_fn, backward=backward)
     out["lm_loss"] = out.pop("extra_loss")
     return out
 
@@ -219,9 +225,12 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = lr
         logs: dict[str, float] = {}
-        for _ in range(accum):
+        for micro in range(accum):
             batch = [examples[i] for i in order.next(B * world)[rank * B : (rank + 1) * B]]
-            res = batch_backward(model, embedder, batch, cfg, lambda x: accelerator.backward(x / accum))
+            last = micro == accum - 1  # DDP all-reduces once per optimizer step, at the very last backward
+            with nullcontext() if last else accelerator.no_sync(model):
+                res = batch_backward(model, embedder, batch, cfg, lambda x: accelerator.backward(x / accum),
+                                     no_sync=(lambda: accelerator.no_sync(model)) if last else None)  # fmt: skip
             for k, v in res.items():
                 logs[k] = logs.get(k, 0.0) + float(v) / accum
         norm = accelerator.clip_grad_norm_(list(params.values()), cfg.optim.max_grad_norm or float("inf"))
