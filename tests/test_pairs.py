@@ -443,7 +443,7 @@ def test_bad_mini_inputs_name_file_and_line(mini, tmp_path):
     rows_file = mini / "Pic-CLS" / "train.jsonl"
     rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
     write_jsonl(rows_file, [rows[0], {**rows[1], "tgt_text": ["", "x", "y"]}])
-    with pytest.raises(InputError, match=r"Pic-CLS/train.jsonl:2: no positive"):
+    with pytest.raises(InputError, match=r"Pic-CLS/train.jsonl:2: no gold candidate"):
         read_pairs(mini)
     write_jsonl(rows_file, [{**rows[0], "qry_hint": ["not", "text"]}])
     with pytest.raises(InputError, match=r"Pic-CLS/train.jsonl:1: \"qry_hint\" must be a string"):

@@ -53,9 +53,9 @@ from ..eval.tasks import (
     _as_list,
     _frames,
     _media,
-    _sample,
     content_key,
     find_split_file,
+    parse_row,
     read_beir,
     read_rows,
 )
@@ -210,15 +210,7 @@ def _row_pairs(info: DatasetInfo, root: Path, split: str) -> list[Pair]:
     path = find_split_file(root / info.name, split)
     pairs = []
     for i, (where, row) in enumerate(read_rows(path)):
-        query = _sample(
-            root,
-            where,
-            row.get("qry_text"),
-            row.get("qry_inst") or info.qry_instruction,
-            row.get("qry_img_path") or "",
-            row.get("qry_video_path") or "",
-        )
-        cands = _row_candidates(info, root, where, row)
+        query, cands = parse_row(info, root, where, row)
         hint = row.get("qry_hint") or ""
         if not isinstance(hint, str):
             raise TaskError(f'{where}: "qry_hint" must be a string, got {type(hint).__name__}')
@@ -230,32 +222,6 @@ def _row_pairs(info: DatasetInfo, root: Path, split: str) -> list[Pair]:
     if not pairs:
         raise TaskError(f"{path}: no rows")
     return pairs
-
-
-def _row_candidates(info: DatasetInfo, root: Path, where: str, row: dict) -> list[Sample]:
-    """The row's candidates in order, the gold one first (checks as in the eval loader)."""
-    texts, images = _as_list(row.get("tgt_text")), _as_list(row.get("tgt_img_path"))
-    videos = _as_list(row.get("tgt_video_path"))
-    n = max(len(texts), len(images), len(videos))
-    if n == 0 or not ((texts[:1] and texts[0]) or (images[:1] and images[0]) or (videos[:1] and videos[0])):
-        raise TaskError(
-            f"{where}: no positive (the first of tgt_text / tgt_img_path / tgt_video_path must be set)"
-        )
-    for name, lst in (("tgt_text", texts), ("tgt_img_path", images), ("tgt_video_path", videos)):
-        if lst and len(lst) != n:
-            raise TaskError(f"{where}: {name} has {len(lst)} entries, other candidate lists have {n}")
-    inst = row.get("tgt_inst") or info.tgt_instruction
-    return [
-        _sample(
-            root,
-            f"{where} candidate {j}",
-            texts[j] if texts else None,
-            inst,
-            images[j] if images else "",
-            videos[j] if videos else "",
-        )
-        for j in range(n)
-    ]
 
 
 def _same(a: Sample, b: Sample) -> bool:

@@ -150,46 +150,50 @@ def _sample(root: Path, where: str, text, inst, image="", video="") -> Sample:
         raise TaskError(f"{where}: {e}") from None
 
 
+def parse_row(info: DatasetInfo, root: Path, where: str, row: dict) -> tuple[Sample, list[Sample]]:
+    """A row's query and its candidates in order, the gold one first (image_rows / video_rows)."""
+    query = _sample(
+        root,
+        where,
+        row.get("qry_text"),
+        row.get("qry_inst") or info.qry_instruction,
+        row.get("qry_img_path") or "",
+        row.get("qry_video_path") or "",
+    )
+    texts, images = _as_list(row.get("tgt_text")), _as_list(row.get("tgt_img_path"))
+    videos = _as_list(row.get("tgt_video_path"))
+    n = max(len(texts), len(images), len(videos))
+    if n == 0 or not ((texts[:1] and texts[0]) or (images[:1] and images[0]) or (videos[:1] and videos[0])):
+        raise TaskError(
+            f"{where}: no gold candidate (the first of tgt_text / tgt_img_path / tgt_video_path must be set)"
+        )
+    for name, lst in (("tgt_text", texts), ("tgt_img_path", images), ("tgt_video_path", videos)):
+        if lst and len(lst) != n:
+            raise TaskError(f"{where}: {name} has {len(lst)} entries, other candidate lists have {n}")
+    inst = row.get("tgt_inst") or info.tgt_instruction
+    candidates = [
+        _sample(
+            root,
+            f"{where} candidate {j}",
+            texts[j] if texts else None,
+            inst,
+            images[j] if images else "",
+            videos[j] if videos else "",
+        )
+        for j in range(n)
+    ]
+    return query, candidates
+
+
 def load_rows_task(info: DatasetInfo, root: Path, split: str = "test") -> Task:
     """image_rows / video_rows format (see module docstring)."""
     path = find_split_file(root / info.name, split)
     task = Task(info, local=None if info.ranking == "global" else [])
     corpus: dict[str, None] = {}
     for where, row in read_rows(path):
-        q = _sample(
-            root,
-            where,
-            row.get("qry_text"),
-            row.get("qry_inst") or info.qry_instruction,
-            row.get("qry_img_path") or "",
-            row.get("qry_video_path") or "",
-        )
-        texts, images = _as_list(row.get("tgt_text")), _as_list(row.get("tgt_img_path"))
-        videos = _as_list(row.get("tgt_video_path"))
-        n = max(len(texts), len(images), len(videos))
-        if n == 0 or not (
-            (texts[:1] and texts[0]) or (images[:1] and images[0]) or (videos[:1] and videos[0])
-        ):
-            raise TaskError(
-                f"{where}: no gold candidate (the first of tgt_text / tgt_img_path / "
-                "tgt_video_path must be set)"
-            )
-        for name, lst in (("tgt_text", texts), ("tgt_img_path", images), ("tgt_video_path", videos)):
-            if lst and len(lst) != n:
-                raise TaskError(f"{where}: {name} has {len(lst)} entries, other candidate lists have {n}")
-        inst = row.get("tgt_inst") or info.tgt_instruction
-        keys = []
-        for j in range(n):
-            cand = _sample(
-                root,
-                f"{where} candidate {j}",
-                texts[j] if texts else None,
-                inst,
-                images[j] if images else "",
-                videos[j] if videos else "",
-            )
-            keys.append(task.add(cand))
-        task.queries.append(task.add(q))
+        query, candidates = parse_row(info, root, where, row)
+        keys = [task.add(c) for c in candidates]
+        task.queries.append(task.add(query))
         task.relevance.append({keys[0]: 1.0})  # labels de-duplicated: the gold key once
         if task.local is not None:
             task.local.append(keys)  # duplicates kept: VLM2Vec ranks them twice (it shows in published MAP)
