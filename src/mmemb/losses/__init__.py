@@ -4,6 +4,7 @@
   ``gather_with_grad``).
 - ``gradcache``: full-batch contrastive gradients with one chunk's activation memory
   (``gradcache_backward``) and its plain reference (``full_batch_backward``).
+- ``policy``: GRPO pieces on per-token log-probabilities (group advantages, clipped ratio, k3 KL).
 """
 
 from .gradcache import full_batch_backward, gradcache_backward
