@@ -95,46 +95,18 @@ def test_generate_imports_rationales_and_refuses_unknown_ids(tmp_path, capsys):
             for p in pairs
         )
     )
+
+    def generate(out, *extra):
+        return main(["reason", "generate", "--data", str(toy), "--teacher", f"file:{src}", "--k", "1",
+                     "--out", str(out), *extra])  # fmt: skip
+
     out = tmp_path / "c.jsonl"
-    assert (
-        main(
-            [
-                "reason",
-                "generate",
-                "--data",
-                str(toy),
-                "--teacher",
-                f"file:{src}",
-                "--k",
-                "1",
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert generate(out, "--quiet") == 0
     rows = cio.read_candidates(out)
     assert len(rows) == len(pairs) and all(r["valid"] for r in rows)
     with open(src, "a") as f:
         f.write(json.dumps({"pair_id": "Other/train/0", "k": 0, "text": "x"}) + "\n")
-    assert (
-        main(
-            [
-                "reason",
-                "generate",
-                "--data",
-                str(toy),
-                "--teacher",
-                f"file:{src}",
-                "--k",
-                "1",
-                "--out",
-                str(tmp_path / "d.jsonl"),
-            ]
-        )
-        == 2
-    )
+    assert generate(tmp_path / "d.jsonl") == 2
     assert "not in --data" in capsys.readouterr().err and not (tmp_path / "d.jsonl").exists()
 
 
