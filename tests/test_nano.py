@@ -93,6 +93,7 @@ def test_save_load_round_trip_is_identical(nano, images, tmp_path):
         assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
             "embedder_config.json",
             "nano.safetensors",
+            "policy.safetensors",
         ]
         loaded = Embedder.from_pretrained(tmp_path / "m")
         assert loaded.fingerprint() == nano.fingerprint()

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .types import InputError
+from .types import MODES, InputError
 
 COMMANDS = {
     "embed": "Embed the items of a JSONL file (text, image, frames, pages) into a .npy matrix.",
@@ -49,11 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         required=True,
         type=Path,
-        help="vectors (.npy, float32, N x D); ids go to "
-        "OUTPUT.ids.json, gen texts and token counts to OUTPUT.gen.jsonl",
+        help="vectors (.npy, float32, N x D); ids go to OUTPUT.ids.json; in the other modes, per item "
+        "whether it reasoned, its tokens and completion to OUTPUT.gen.jsonl",
     )
     p.add_argument(
-        "--mode", default="disc", choices=["disc", "gen"], help="disc: one forward; gen: reason, then embed"
+        "--mode",
+        default="disc",
+        choices=MODES,
+        help="disc: one forward; gen: generate, then embed; think: always reason; nothink: never "
+        "(<no_think><gen_emb>); adaptive: the model's policy decides per item",
     )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -69,8 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-root", type=Path, help="MMEB-V2 data folder (mmeb-mini: built on first use if omitted)"
     )
     p.add_argument("--out", type=Path, help="output folder (default runs/eval/<model>-<tasks>)")
-    p.add_argument("--qry-mode", default="disc", choices=["disc", "gen"])
-    p.add_argument("--tgt-mode", default="disc", choices=["disc", "gen"])
+    p.add_argument(
+        "--qry-mode", default="disc", choices=MODES, help="how queries are embedded (see embed --mode)"
+    )
+    p.add_argument(
+        "--tgt-mode",
+        choices=MODES,
+        help="how candidates are embedded (default: disc for a disc query, else nothink: targets are "
+        "indexed without reasoning, as stage-1 training embeds them)",
+    )
     p.add_argument(
         "--allow-any-mode-pair",
         action="store_true",
@@ -175,16 +186,22 @@ def cmd_embed(args: argparse.Namespace) -> int:
         out: lambda f: np.save(f, result.vectors, allow_pickle=False),
         out.with_suffix(".ids.json"): lambda f: f.write(json.dumps([s.id for s in samples]).encode()),
     }
-    if args.mode == "gen":
+    if args.mode != "disc":
         lines = [
-            json.dumps({"id": s.id, "text": t, "gen_tokens": n, "gen_emb_found": ok})
-            for s, t, n, ok in zip(
-                samples, result.texts, result.gen_tokens, result.gen_emb_found, strict=True
+            json.dumps(
+                {"id": s.id, "reasoned": result.reasoned[i], "gen_tokens": result.gen_tokens[i]}
+                | ({"action": result.actions[i]} if result.actions else {})
+                | {"gen_emb_found": result.gen_emb_found[i], "text": result.texts[i]}
             )
+            for i, s in enumerate(samples)
         ]
         files[out.with_suffix(".gen.jsonl")] = lambda f: f.write(("\n".join(lines) + "\n").encode())
     _write_all(files)
-    print(f"mmemb embed: {len(samples)} items -> {out} {result.vectors.shape} ({args.mode})", file=sys.stderr)
+    reasoned = f", reasoned on {sum(result.reasoned)}/{len(samples)}" if result.reasoned else ""
+    print(
+        f"mmemb embed: {len(samples)} items -> {out} {result.vectors.shape} ({args.mode}{reasoned})",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -201,7 +218,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / "eval" / f"{name}-{args.tasks.replace(',', '+')[:60]}"
     settings = EvalSettings(
         qry_mode=args.qry_mode,
-        tgt_mode=args.tgt_mode,
+        tgt_mode=args.tgt_mode or ("disc" if args.qry_mode == "disc" else "nothink"),
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         allow_any_mode_pair=args.allow_any_mode_pair,

@@ -91,19 +91,52 @@ class GenerationConfig:
 
 
 @dataclass
+class PolicyConfig:
+    budgets: list = _f(
+        [0, 64],
+        "adaptive: the policy's actions as reasoning-token caps. The first is 0 (no reasoning: "
+        "<no_think><gen_emb>); the others reason with at most that many generated tokens. [0, 64] is "
+        "MMEmb-R1's binary decision; [0, 24, 64] adds a short budget.",
+    )
+    temperature: float = _f(0.0, "adaptive: 0 = take the most likely action; > 0 samples the action.")
+
+    def action_names(self) -> list[str]:
+        if len(self.budgets) == 2:
+            return ["no_think", "think"]
+        return ["no_think"] + [f"think<={b}" for b in self.budgets[1:]]
+
+    def check(self, where: str = "policy") -> None:
+        b = self.budgets
+        if (
+            len(b) < 2
+            or b[0] != 0
+            or any(not isinstance(x, int) or x < 1 for x in b[1:])
+            or sorted(set(b[1:])) != b[1:]
+        ):
+            raise InputError(
+                f"{where}.budgets {b!r}: give 0 (no reasoning) then increasing token caps >= 1, e.g. [0, 64]"
+            )
+
+
+@dataclass
 class EmbedderConfig:
     version: int = _f(CONFIG_VERSION, "Config format version.")
     backbone: BackboneConfig = field(default_factory=BackboneConfig, metadata={"help": "Backbone settings."})
     tokens: TokensConfig = field(default_factory=TokensConfig, metadata={"help": "Special tokens."})
     prompt: PromptConfig = field(default_factory=PromptConfig, metadata={"help": "Prompt templates."})
     generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "gen settings."})
+    policy: PolicyConfig = field(
+        default_factory=PolicyConfig,
+        metadata={"help": "Adaptive mode: the actions the policy head picks from."},
+    )
     pooling: str = _f(
         "token", "Where vectors are read: 'token' = last-layer state at <disc_emb> / <gen_emb>."
     )
     normalize: bool = _f(True, "L2-normalise vectors.")
     valid_mode_pairs: list = _f(
         [["disc", "disc"], ["gen", "gen"]],
-        "Query/target mode pairs whose embeddings are comparable (a cross-mode training term adds more).",
+        "Query/target pairs of vector spaces that are comparable: 'disc' (disc mode) and 'gen' (gen, think, "
+        "nothink, adaptive: every mode read at <gen_emb>). A cross-mode training term adds more.",
     )
 
     def to_dict(self) -> dict:
@@ -118,7 +151,9 @@ class EmbedderConfig:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise InputError(f"{path}: cannot read the embedder config: {e}") from None
-        return from_dict(cls, data, where=str(path))
+        config = from_dict(cls, data, where=str(path))
+        config.policy.check(f"{path}: policy")
+        return config
 
 
 def from_dict(cls: type, data: dict, where: str = "config") -> Any:

@@ -26,6 +26,8 @@ import torch
 from .backbones import build_backbone
 from .backbones.base import Backbone, Prompts
 from .config import BackboneConfig, EmbedderConfig
+from .policy_head import WEIGHTS as POLICY_WEIGHTS
+from .policy_head import PolicyHead
 from .types import MODES, Embeddings, InputError, Sample
 
 CONFIG_NAME = "embedder_config.json"
@@ -44,6 +46,16 @@ class Embedder:
             [i for i in (backbone.tokenizer.eos_token_id, backbone.tokenizer.pad_token_id) if i is not None]
         )  # generation ends (without <gen_emb>) at any of these
         self.pad_id = backbone.tokenizer.pad_token_id or 0
+        self.no_think = f"{tok.no_think}{tok.gen_emb}"  # the no-think completion
+        config.policy.check()
+        width = backbone.input_embeddings().weight.shape[1]
+        self.policy = PolicyHead(width, len(config.policy.budgets)).to(backbone.device)
+        self.reset_policy()
+
+    def reset_policy(self) -> None:
+        """The untrained decision: the LM's own preference between <no_think> and <think> (policy_head.py)."""
+        rows = self.backbone.lm_head.weight[[self.ids["no_think"], self.ids["think_open"]]]  # (2, D)
+        self.policy.init_from_lm(rows.detach())
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -56,6 +68,10 @@ class Embedder:
             backbone = build_backbone(config.backbone, saved=path)
             embedder = cls(backbone, config)
             backbone.load_weights(path)
+            if (path / POLICY_WEIGHTS).is_file():
+                embedder.policy.load(path / POLICY_WEIGHTS)
+            else:
+                embedder.reset_policy()  # from the loaded LM head
             return embedder
         if str(name_or_path) == "nano":
             config = EmbedderConfig(backbone=BackboneConfig(kind="nano", **backbone_overrides))
@@ -77,6 +93,7 @@ class Embedder:
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
         try:
             self.backbone.save(tmp)
+            self.policy.save(tmp)
             self.config.save(tmp / CONFIG_NAME)
             if directory.exists():
                 shutil.rmtree(directory)
@@ -85,13 +102,25 @@ class Embedder:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def fingerprint(self) -> str:
-        """Hash of the config and every weight: two embedders with equal fingerprints embed identically."""
-        h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        """Hash of the config and every weight: two embedders with equal fingerprints embed identically in
+        every mode but adaptive. The policy is left out (it changes no fixed-mode vector): caches of disc,
+        gen, think and nothink vectors survive policy training; adaptive adds `policy_fingerprint`."""
+        config = self.config.to_dict()
+        config.pop("policy")
+        h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
         tensors = dict(self.backbone.named_parameters()) | dict(self.backbone.named_buffers())  # shared once
         for name, p in sorted(tensors.items()):
             h.update(name.encode())
             h.update(p.detach().float().cpu().numpy().tobytes())
         return h.hexdigest()[:16]
+
+    def policy_fingerprint(self) -> str:
+        """Hash of the policy settings and the policy head's weights (adaptive mode's extra identity)."""
+        h = hashlib.sha256(json.dumps(self.config.policy.__dict__, sort_keys=True).encode())
+        for name, p in sorted(self.policy.state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+        return h.hexdigest()[:12]
 
     # ---- prompts ------------------------------------------------------------------------------
     def prompt(self, sample: Sample) -> str:
@@ -119,10 +148,12 @@ class Embedder:
         temperature: float | None = None,
         completions: Sequence[str] | None = None,
     ) -> Embeddings:
-        """Embed inputs in order. Batches are formed from length-sorted inputs (less padding); the vectors
-        do not depend on the batching (left padding + mask-derived positions).
+        """Embed inputs in order, in one of `types.MODES` (disc, gen, think, nothink, adaptive). Batches are
+        formed from length-sorted inputs (less padding); the vectors do not depend on the batching (left
+        padding + mask-derived positions).
 
-        max_new_tokens, temperature: gen only, override `config.generation` for this call.
+        max_new_tokens, temperature: generating modes, override `config.generation` for this call (adaptive:
+        max_new_tokens caps every budget).
         completions: gen only, *teacher-forced*: row i's prompt is followed by completions[i] (e.g.
         `<think>...</think><answer>...</answer><gen_emb>`, see `reasoning.format`) and the vector is the state
         at its last token, read in one forward pass with no generation (scoring and training use this).
@@ -137,46 +168,136 @@ class Embedder:
                     f"(got mode={mode!r}, {len(completions)} completions for {len(samples)} inputs)"
                 )
             completions = list(completions)
+        if mode == "adaptive":
+            return self._encode_adaptive(samples, batch_size, progress, max_new_tokens, temperature)
+        if mode == "nothink":
+            completions = [self.no_think] * len(samples)
+        if mode == "disc" or completions is not None:
+
+            def run(prompts: Prompts, rows: list[int]) -> tuple[torch.Tensor, list[dict]]:
+                hidden, _ = self.backbone.prefill(prompts, use_cache=False)
+                info = [{"text": completions[i] if completions else ""} for i in rows]
+                return hidden[:, -1], info  # (B, D): the state at <disc_emb>, or the completion's last token
+
+        else:
+            first = self.ids["think_open"] if mode == "think" else None
+
+            def run(prompts: Prompts, rows: list[int]) -> tuple[torch.Tensor, list[dict]]:
+                return self._generate_rows(prompts, max_new_tokens, temperature, first)
+
+        vectors, info, seconds = self._batched(samples, completions, batch_size, progress, mode, run)
+        if mode == "disc":
+            return Embeddings(vectors, mode, seconds=seconds)
+        think = self.config.tokens.think_open
+        return Embeddings(
+            vectors,
+            mode,
+            texts=[r["text"] for r in info],
+            gen_tokens=[r.get("tokens", 0) for r in info],
+            gen_emb_found=[r.get("found", True) for r in info],
+            seconds=seconds,
+            reasoned=[r["text"].lstrip().startswith(think) for r in info],
+        )
+
+    def _encode_adaptive(
+        self,
+        samples: list[Sample],
+        batch_size: int,
+        progress: bool,
+        max_new_tokens: int | None,
+        temperature: float | None,
+    ) -> Embeddings:
+        """Adaptive mode in two passes.
+
+        1. One teacher-forced forward over prompt + `<no_think><gen_emb>` for every row. Causal attention
+           makes the state at `<disc_emb>` (position -3) the disc state, which the policy head reads to pick
+           an action; the last position is the row's no-think vector. Deciding costs no extra compute.
+        2. Rows whose action reasons are regrouped by budget and decoded exactly as think mode, so a batch
+           decodes only rows that reason (their prompt is prefilled a second time: one forward, against the
+           tens of decode steps that regrouping saves).
+        Every row therefore equals the fixed-mode output of its action: nothink, or think with that budget.
+        """
+        budgets = self.config.policy.budgets
+        names = self.config.policy.action_names()
+        decision_temp = self.config.policy.temperature
+
+        def decide(prompts: Prompts, rows: list[int]) -> tuple[torch.Tensor, list[dict]]:
+            hidden, _ = self.backbone.prefill(prompts, use_cache=False)  # (B, T, D)
+            logits = self.policy(hidden[:, -3])  # (B, A): from the state at <disc_emb>
+            if decision_temp > 0:
+                action = torch.multinomial(torch.softmax(logits / decision_temp, -1), 1).squeeze(-1)
+            else:
+                action = logits.argmax(-1)  # (B,)
+            return hidden[:, -1], [{"text": self.no_think, "action": int(a)} for a in action]
+
+        completions = [self.no_think] * len(samples)
+        vectors, info, seconds = self._batched(samples, completions, batch_size, progress, "adaptive", decide)
+        first = self.ids["think_open"]
+        for a in range(1, len(budgets)):
+            rows = [i for i, r in enumerate(info) if r["action"] == a]
+            if not rows:
+                continue
+            cap = budgets[a] if max_new_tokens is None else min(budgets[a], max_new_tokens)
+
+            def think(prompts: Prompts, _rows: list[int], cap: int = cap) -> tuple[torch.Tensor, list[dict]]:
+                return self._generate_rows(prompts, cap, temperature, first)
+
+            vecs, out, secs = self._batched(
+                [samples[i] for i in rows], None, batch_size, progress, f"adaptive: {names[a]}", think
+            )
+            for j, i in enumerate(rows):
+                vectors[i], seconds[i] = vecs[j], seconds[i] + secs[j]
+                info[i] = out[j] | {"action": a}
+        return Embeddings(
+            vectors,
+            "adaptive",
+            texts=[r["text"] for r in info],
+            gen_tokens=[r.get("tokens", 0) for r in info],
+            gen_emb_found=[r.get("found", True) for r in info],
+            seconds=seconds,
+            reasoned=[r["action"] > 0 for r in info],
+            actions=[names[r["action"]] for r in info],
+        )
+
+    def _batched(self, samples, completions, batch_size, progress, desc, run):
+        """Length-sorted batches of prompts (+ completions) through `run(prompts, rows) -> ((b, D), info)`.
+        Returns vectors (N, D) (normalised when the config says so), per-row info dicts, per-row seconds."""
         order = sorted(
             range(len(samples)),
             key=lambda i: self._cost(samples[i]) + (len(completions[i]) if completions else 0),
         )
         width = self.backbone.input_embeddings().weight.shape[1]
         vectors = np.zeros((len(samples), width), dtype=np.float32)
-        texts, tokens, found = [""] * len(samples), [0] * len(samples), [True] * len(samples)
+        info: list[dict] = [{} for _ in samples]
         seconds = [0.0] * len(samples)
-        bar = _progress(len(samples), progress, f"embed ({mode})")
+        bar = _progress(len(samples), progress, f"embed ({desc})")
         self.backbone.eval()
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            batch = [samples[i] for i in idx]
             start_time = time.perf_counter()
             rendered = [self.prompt(samples[i]) + (completions[i] if completions else "") for i in idx]
-            prompts = self.backbone.prepare(batch, rendered)
-            if mode == "disc" or completions is not None:
-                hidden, _ = self.backbone.prefill(prompts, use_cache=False)
-                vecs = hidden[:, -1]  # (B, D): the state at <disc_emb> (disc) or the completion's last token
-            else:
-                vecs, out_ids, ok = self.generate(
-                    prompts, max_new_tokens=max_new_tokens, temperature=temperature
-                )
-                for j, i in enumerate(idx):
-                    texts[i] = self.backbone.tokenizer.decode(out_ids[j], skip_special_tokens=False)
-                    tokens[i], found[i] = len(out_ids[j]), ok[j]
+            vecs, rows = run(self.backbone.prepare([samples[i] for i in idx], rendered), idx)
             vecs = vecs.float()
             if self.config.normalize:
                 vecs = torch.nn.functional.normalize(vecs, dim=-1)
             vectors[idx] = vecs.cpu().numpy()
             per_item = (time.perf_counter() - start_time) / len(idx)
-            for i in idx:
-                seconds[i] = per_item
+            for i, r in zip(idx, rows, strict=True):
+                seconds[i], info[i] = per_item, r
             bar.update(len(idx))
         bar.close()
-        if mode == "disc":
-            return Embeddings(vectors, mode, seconds=seconds)
-        if completions is not None:
-            return Embeddings(vectors, mode, texts=completions, seconds=seconds)
-        return Embeddings(vectors, mode, texts=texts, gen_tokens=tokens, gen_emb_found=found, seconds=seconds)
+        return vectors, info, seconds
+
+    def _generate_rows(self, prompts, max_new_tokens, temperature, first):
+        vecs, out_ids, ok = self.generate(
+            prompts, max_new_tokens=max_new_tokens, temperature=temperature, first=first
+        )
+        decode = self.backbone.tokenizer.decode
+        info = [
+            {"text": decode(ids, skip_special_tokens=False), "tokens": len(ids), "found": f}
+            for ids, f in zip(out_ids, ok, strict=True)
+        ]
+        return vecs, info
 
     def _cost(self, s: Sample) -> int:
         return len(s.text or "") + len(s.instruction or "") + 400 * len(s.media())
@@ -188,13 +309,16 @@ class Embedder:
         reuse_prefill: bool = True,
         max_new_tokens: int | None = None,
         temperature: float | None = None,
+        first: int | None = None,
     ) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
         """Decode from the prefill's KV cache until each row feeds <gen_emb>; read the state there.
 
         Returns vectors (B, D), the generated token ids per row (ending with <gen_emb> when found), and per
         row whether <gen_emb> was reached. A row that hits max_new_tokens or an end-of-sequence token first
         falls back to the state at its last fed token and is flagged False. `<gen_emb>` is forced right after
-        `</answer>` and after `<no_think>` (the no-think completion is `<no_think><gen_emb>`). `reuse_prefill=False` prefills a second time (only for the benchmark that shows why not).
+        `</answer>` and after `<no_think>` (the no-think completion is `<no_think><gen_emb>`). `first`: a
+        token id forced as every row's first token (think mode forces `<think>`). `reuse_prefill=False`
+        prefills a second time (only for the benchmark that shows why not).
         """
         bb, g = self.backbone, self.config.generation
         hidden, state = bb.prefill(prompts)
@@ -210,10 +334,12 @@ class Embedder:
         logits = bb.logits(last)  # (B, V)
         gen_emb = self.ids["gen_emb"]
         force_after = torch.tensor([self.ids["answer_close"], self.ids["no_think"]], device=last.device)
-        for _ in range(g.max_new_tokens if max_new_tokens is None else max_new_tokens):
+        for step in range(g.max_new_tokens if max_new_tokens is None else max_new_tokens):
             tok = sample_tokens(
                 logits, g.temperature if temperature is None else temperature, g.top_p
             )  # (B,)
+            if step == 0 and first is not None:
+                tok = torch.full_like(tok, first)
             tok = torch.where(torch.isin(prev, force_after), torch.full_like(tok, gen_emb), tok)
             stop = torch.isin(tok, self.stop_ids.to(tok.device)) & ~done
             vecs[stop] = last[stop]  # ended without <gen_emb>: fall back to the last fed state

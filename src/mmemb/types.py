@@ -13,8 +13,20 @@ from typing import Literal
 
 import numpy as np
 
-Mode = Literal["disc", "gen"]
-MODES: tuple[str, ...] = ("disc", "gen")
+Mode = Literal["disc", "gen", "think", "nothink", "adaptive"]
+MODES: tuple[str, ...] = ("disc", "gen", "think", "nothink", "adaptive")
+# disc      the state at <disc_emb>: one forward, no generation
+# gen       decode from the prefill as the model likes, embed at <gen_emb> (UME-R1's generative embedding)
+# think     always reason: the first generated token is forced to <think>
+# nothink   never reason: the completion <no_think><gen_emb>, teacher-forced (one forward)
+# adaptive  the policy head reads the state at <disc_emb> and picks no-think or think (with a token budget)
+REASONING_MODES = ("gen", "think", "adaptive")  # modes that may generate
+
+
+def mode_space(mode: str) -> str:
+    """The vector space a mode's embeddings live in: 'disc' for disc, 'gen' for every mode read at <gen_emb>.
+    Valid query/target pairs (`EmbedderConfig.valid_mode_pairs`) are stated in spaces."""
+    return "disc" if mode == "disc" else "gen"
 
 
 class InputError(ValueError):
@@ -68,11 +80,14 @@ class Embeddings:
 
     vectors:        (N, D) float32, L2-normalised.
     mode:           the mode used for every row.
-    texts:          gen only: the generated text (reasoning and answer) per row.
-    gen_tokens:     gen only: number of generated tokens per row (0 for disc).
-    gen_emb_found:  gen only: False where generation stopped without emitting `<gen_emb>` and the vector
-                    was read at the last generated position instead.
-    seconds:        per row, its batch's wall time divided by the batch size (amortised latency).
+    texts:          gen-space modes: the completion per row (generated, or `<no_think><gen_emb>`).
+    gen_tokens:     gen-space modes: tokens generated per row (0 for disc and for no-think rows).
+    gen_emb_found:  gen-space modes: False where generation stopped without emitting `<gen_emb>` and the
+                    vector was read at the last generated position instead.
+    seconds:        per row, its batch's wall time divided by the batch size (amortised latency); adaptive
+                    rows that reason add their share of the reasoning batch.
+    reasoned:       per row, whether reasoning ran (the completion opened with `<think>`).
+    actions:        adaptive only: the policy's action per row (see `PolicyConfig.action_names`).
     """
 
     vectors: np.ndarray
@@ -81,3 +96,5 @@ class Embeddings:
     gen_tokens: list[int] = field(default_factory=list)
     gen_emb_found: list[bool] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    reasoned: list[bool] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..embedder import Embedder
-from ..types import MODES, InputError
+from ..types import MODES, InputError, mode_space
 from .cache import EmbeddingCache
 from .metrics import aggregate, query_metrics
 from .tasks import Task
@@ -40,11 +40,13 @@ class EvalSettings:
     allow_any_mode_pair: bool = False
     progress: bool = True
 
-    def cache_tag(self, mode: str) -> str:
-        """Cache folder for a mode: anything that changes the vectors beyond the model itself."""
-        if mode == "disc":
+    def cache_tag(self, mode: str, policy: str = "") -> str:
+        """Cache folder for a mode: anything that changes the vectors beyond the model itself (adaptive:
+        the policy's fingerprint too, since the model fingerprint leaves the policy out)."""
+        if mode in ("disc", "nothink"):
             return mode
-        return f"{mode}-n{self.max_new_tokens}-t{self.temperature}-s{self.sample}"
+        tag = f"{mode}-n{self.max_new_tokens}-t{self.temperature}-s{self.sample}"
+        return f"{tag}-p{policy}" if mode == "adaptive" else tag
 
 
 @dataclass
@@ -63,11 +65,12 @@ def check_modes(embedder: Embedder, s: EvalSettings) -> None:
         if m not in MODES:
             raise InputError(f"unknown mode {m!r}; choose from {list(MODES)}")
     valid = [tuple(p) for p in embedder.config.valid_mode_pairs]
-    if (s.qry_mode, s.tgt_mode) not in valid and not s.allow_any_mode_pair:
+    spaces = (mode_space(s.qry_mode), mode_space(s.tgt_mode))
+    if spaces not in valid and not s.allow_any_mode_pair:
         raise InputError(
-            f"query mode {s.qry_mode!r} against target mode {s.tgt_mode!r} is not a valid pair for "
-            f"this model (valid: {valid}, from its embedder_config.json); pass "
-            "--allow-any-mode-pair to run it anyway"
+            f"query mode {s.qry_mode!r} ({spaces[0]} space) against target mode {s.tgt_mode!r} ({spaces[1]} "
+            f"space) is not a valid pair for this model (valid space pairs: {valid}, from its "
+            "embedder_config.json); pass --allow-any-mode-pair to run it anyway"
         )
 
 
@@ -96,7 +99,9 @@ def embed_keys(
                 "seconds": out.seconds[i],
                 "gen_tokens": out.gen_tokens[i] if out.gen_tokens else 0,
                 "gen_emb_found": out.gen_emb_found[i] if out.gen_emb_found else None,
+                "reasoned": out.reasoned[i] if out.reasoned else mode in ("gen", "think"),
             }
+            | ({"action": out.actions[i]} if out.actions else {})
             for i in range(len(chunk))
         ]
         cache.add(chunk, out.vectors, info)
@@ -127,11 +132,12 @@ def evaluate_task(
     task: Task, embedder: Embedder, s: EvalSettings, cache_root: Path, fingerprint: str
 ) -> TaskResult:
     t0 = time.perf_counter()
-    qcache = EmbeddingCache(cache_root, fingerprint, s.cache_tag(s.qry_mode))
+    policy = embedder.policy_fingerprint() if "adaptive" in (s.qry_mode, s.tgt_mode) else ""
+    qcache = EmbeddingCache(cache_root, fingerprint, s.cache_tag(s.qry_mode, policy))
     tcache = (
         qcache
         if s.tgt_mode == s.qry_mode
-        else EmbeddingCache(cache_root, fingerprint, s.cache_tag(s.tgt_mode))
+        else EmbeddingCache(cache_root, fingerprint, s.cache_tag(s.tgt_mode, policy))
     )
     cand = task.candidate_keys()
     n_now = embed_keys(embedder, qcache, task, task.queries, s.qry_mode, s)
@@ -153,10 +159,11 @@ def evaluate_task(
                 "gold_rank": gold_rank,
                 "qry_mode": s.qry_mode,
                 "tgt_mode": s.tgt_mode,
-                "reasoned": s.qry_mode == "gen",
+                "reasoned": info.get("reasoned", s.qry_mode == "gen"),  # older caches: gen always reasoned
                 "gen_tokens": info.get("gen_tokens", 0),
                 "latency_s": info.get("seconds", 0.0),
             }
+            | ({"action": info["action"]} if "action" in info else {})
         )
     n_refs = sum(len(x) for x in task.local) if task.local is not None else len(task.corpus)
     return TaskResult(
