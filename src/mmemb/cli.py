@@ -21,7 +21,8 @@ COMMANDS = {
     "report": "Print meta-task, modality and overall tables for score files, side by side.",
     "data": "Build datasets: `mmemb data build-mini` makes the mmeb-mini benchmark from Debian data.",
     "info": "Print a model's settings (backbone, tokens, modes) and where its weights come from.",
-    "train": "Train: `mmemb train stage1 --config configs/nano.yaml [key=value ...]` (contrastive + reasoning SFT).",
+    "train": "Train: `mmemb train stage1|policy|policy-sweep --config FILE [key=value ...]` (contrastive + "
+    "reasoning SFT; the policy that decides when to reason; its λ sweep).",
     "reason": "Reasoning paths: generate candidate rationales, select them by counterfactual utility, inspect.",
 }
 
@@ -122,6 +123,23 @@ def build_parser() -> argparse.ArgumentParser:
     t = tsub.add_parser("stage1", help="joint InfoNCE (disc + gen) + LM loss on the selected rationales")
     t.add_argument("--config", type=Path, help="YAML config (configs/nano.yaml); keys: mmemb/train/config.py")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 run.max_steps=50")
+    t = tsub.add_parser(
+        "policy", help="GRPO of the policy head that decides when to reason (embedder frozen)"
+    )
+    t.add_argument(
+        "--config", type=Path, help="YAML config (configs/policy-nano.yaml); keys: mmemb/train/config.py"
+    )
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. policy.lam=0.01 optim.steps=100")
+    t = tsub.add_parser(
+        "policy-sweep", help="one policy per λ, each scored on the eval split: the accuracy-invocation curve"
+    )
+    t.add_argument("--config", type=Path, help="the policy config (as for `train policy`)")
+    t.add_argument("--lams", default="0,0.003,0.01,0.03,0.1,1", help="comma-separated prices of reasoning")
+    t.add_argument("--tasks", default="mmeb-mini", help="evaluation tasks (as `mmemb eval --tasks`)")
+    t.add_argument("--data-root", type=Path, help="evaluation data folder (as `mmemb eval`)")
+    t.add_argument("--limit", type=int, help="first N test queries per task (smoke runs)")
+    t.add_argument("--out", type=Path, help="output folder (default: run.output + '-sweep')")
+    t.add_argument("overrides", nargs="*", help="key=value overrides of the policy config")
     return parser
 
 
@@ -258,12 +276,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train.config import load_train_config
-    from .train.stage1 import train_stage1
+    from .train.config import load_policy_config, load_train_config
 
-    cfg = load_train_config(args.config, args.overrides)  # every key checked before any compute
+    if args.train_command == "stage1":
+        from .train.stage1 import train_stage1
+
+        cfg = load_train_config(args.config, args.overrides)  # every key checked before any compute
+        _quiet_libraries()
+        train_stage1(cfg)
+        return 0
+    cfg = load_policy_config(args.config, args.overrides)
     _quiet_libraries()
-    train_stage1(cfg)
+    if args.train_command == "policy":
+        from .train.policy import train_policy
+
+        train_policy(cfg)
+        return 0
+    from .train.sweep import run_sweep
+
+    try:
+        lams = [float(x) for x in args.lams.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--lams {args.lams!r}: give comma-separated numbers, e.g. 0,0.01,0.1") from None
+    if not lams or min(lams) < 0:
+        raise InputError(f"--lams {args.lams!r}: give at least one λ >= 0")
+    out = args.out or Path(cfg.run.output + "-sweep")
+    result = run_sweep(cfg, lams, out, args.tasks, args.data_root, limit=args.limit)
+    from .train.sweep import format_table
+
+    print(format_table(result))
+    print(f"mmemb train policy-sweep: {out}/sweep.json, sweep.md, sweep.png", file=sys.stderr)
     return 0
 
 

@@ -16,6 +16,7 @@ and rescoring with other selection settings embeds nothing.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,7 +113,9 @@ def score_pairs(
         index = {p.id: j for j, p in enumerate(pairs)}
         items = [(pairs[i].query, think(first_valid(slots[index[donors[i]]]))) for i in with_donor]
         QS[with_donor] = forced(items)
-    negs, mask = _negatives(pairs, T, Q0, forced, no_think, s.negatives)  # (N, M, D), (N, M)
+    negs, mask = mine_negatives(
+        pairs, T, Q0, lambda samples: forced([(x, no_think) for x in samples]), s.negatives
+    )  # (N, M, D), (N, M)
 
     N = len(pairs)
     util = {name: np.full((N, K), np.nan) for name in scorers.UTILITIES}
@@ -164,18 +167,20 @@ def pick_donors(pairs: list[Pair], slots: list[list[dict | None]], seed: int) ->
     return donors
 
 
-def _negatives(
-    pairs: list[Pair], T: np.ndarray, Q0: np.ndarray, forced: ForcedEmbedder, no_think: str, m: int
+def mine_negatives(
+    pairs: list[Pair], T: np.ndarray, Q0: np.ndarray, embed: Callable[[list[Sample]], np.ndarray], m: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per pair up to m negatives: its own from the data first, then mined (module docstring)."""
+    """Per pair up to m negatives (N, m, D) and their mask (N, m): the pair's own from the data first
+    (embedded by `embed`, as targets are), then the other targets T of its task that its bare query Q0 finds
+    most similar (mined), never one equal to its own target."""
     N, D = T.shape
     negs = np.zeros((N, m, D), dtype=np.float32)
     mask = np.zeros((N, m), dtype=bool)
     if m == 0:
         return negs, mask
     own = [list(p.negatives[:m]) for p in pairs]
-    flat = [(s, no_think) for row in own for s in row]
-    vecs = forced(flat) if flat else np.zeros((0, D), np.float32)
+    flat = [s for row in own for s in row]
+    vecs = embed(flat) if flat else np.zeros((0, D), np.float32)
     tkey = [content_key(p.target) for p in pairs]
     pos = 0
     for i, row in enumerate(own):

@@ -120,6 +120,84 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class PolicyDataSection:
+    source: str = _f("mmeb-mini", "Training pairs (the same readers as stage 1).")
+    split: str = _f("train", "Split of a mini-layout source.")
+    tasks: list = _f([], "Task names to keep (empty: all).")
+    limit_per_task: int = _f(0, "At most this many pairs per task (0: all).")
+    media_root: str = _f("", "Media folder for MMEB-train / UME-R1 files (default: the file's folder).")
+    selection: str = _f(
+        "", "selection.jsonl from `mmemb reason select`: its think/no-think labels are the cold start."
+    )
+    negatives: int = _f(
+        15, "Candidates besides the target a rollout is ranked against (the pair's own, then mined)."
+    )
+
+
+@dataclass
+class PolicySection:
+    budgets: list = _f([0, 64], "Actions as reasoning-token caps: 0 = no reasoning, then increasing caps.")
+    lam: float = _f(0.0, "λ: the price of reasoning, subtracted from the reward per unit of cost.")
+    cost: str = _f("call", "Unit of cost: 'call' (1 per invocation) or 'token' (per generated token).")
+    group: int = _f(8, "G: rollouts per query; advantages are normalised within each group.")
+    temperature: float = _f(1.0, "Sampling temperature of the action during rollouts.")
+
+
+@dataclass
+class PolicyOptimSection:
+    lr: float = _f(1e-2, "Adam learning rate of the policy head.")
+    steps: int = _f(300, "GRPO steps (one batch of queries, G rollouts each, per step).")
+    batch: int = _f(32, "Queries per step.")
+    updates: int = _f(2, "Optimisation passes over each batch of rollouts (μ; > 1 makes the clip matter).")
+    eps_low: float = _f(0.2, "Lower clip of the probability ratio.")
+    eps_high: float = _f(0.28, "Upper clip (clip-higher, as UME-R1).")
+    beta: float = _f(0.04, "Weight of the k3 KL to the reference (the cold-start policy).")
+    cold_start_steps: int = _f(100, "Cross-entropy steps on the selection's labels first (0: none).")
+    cold_start_lr: float = _f(1e-2, "Adam learning rate of the cold start.")
+
+
+@dataclass
+class PolicyRunSection:
+    output: str = _f("runs/train/policy", "Output folder: final/ (the embedder + policy), log.jsonl, ...")
+    seed: int = _f(0, "Seed for the order of queries and the sampled actions.")
+    log_every: int = _f(25, "Console and TensorBoard logging interval in steps.")
+    tensorboard: bool = _f(True, "Write TensorBoard scalars under output/tensorboard.")
+    batch_size: int = _f(16, "Embedding batch when computing the rollouts' outcomes.")
+
+
+@dataclass
+class PolicyTrainConfig:
+    model: ModelSection = field(default_factory=ModelSection, metadata={"help": "The (stage-1) embedder."})
+    data: PolicyDataSection = field(default_factory=PolicyDataSection, metadata={"help": "Queries."})
+    policy: PolicySection = field(default_factory=PolicySection, metadata={"help": "Actions and reward."})
+    optim: PolicyOptimSection = field(default_factory=PolicyOptimSection, metadata={"help": "GRPO."})
+    run: PolicyRunSection = field(default_factory=PolicyRunSection, metadata={"help": "Outputs."})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def check_policy(cfg: PolicyTrainConfig, where: str = "config") -> PolicyTrainConfig:
+    from ..config import PolicyConfig
+
+    PolicyConfig(budgets=cfg.policy.budgets).check(f"{where}: policy")
+    if cfg.policy.cost not in ("call", "token"):
+        raise InputError(f"{where}: policy.cost {cfg.policy.cost!r}: choose call or token")
+    for name, value in (("policy.group", cfg.policy.group), ("optim.steps", cfg.optim.steps),
+                        ("optim.batch", cfg.optim.batch), ("optim.updates", cfg.optim.updates),
+                        ("run.log_every", cfg.run.log_every), ("run.batch_size", cfg.run.batch_size)):  # fmt: skip
+        if value < 1:
+            raise InputError(f"{where}: {name} must be >= 1 (got {value})")
+    if cfg.policy.group < 2:
+        raise InputError(f"{where}: policy.group must be >= 2 (advantages compare rollouts of one query)")
+    if cfg.policy.lam < 0 or cfg.policy.temperature <= 0:
+        raise InputError(f"{where}: policy.lam must be >= 0 and policy.temperature > 0")
+    if cfg.optim.cold_start_steps < 0 or cfg.data.negatives < 1:
+        raise InputError(f"{where}: optim.cold_start_steps must be >= 0 and data.negatives >= 1")
+    return cfg
+
+
 def check(cfg: TrainConfig, where: str = "config") -> TrainConfig:
     """Value checks a type cannot express."""
     if cfg.data.variant not in VARIANTS:
@@ -146,7 +224,18 @@ def check(cfg: TrainConfig, where: str = "config") -> TrainConfig:
 
 def load_train_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """defaults < YAML at `path` < `key=value` overrides (values parsed as YAML: 1e-4, true, [a, b])."""
-    data: dict = TrainConfig().to_dict()
+    return load_config(TrainConfig, check, path, overrides)
+
+
+def load_policy_config(
+    path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> PolicyTrainConfig:
+    """The policy stage's config, resolved like `load_train_config`."""
+    return load_config(PolicyTrainConfig, check_policy, path, overrides)
+
+
+def load_config(cls, check_fn, path: Path | None, overrides: list[str] | tuple[str, ...]):
+    data: dict = cls().to_dict()
     where = "defaults"
     if path is not None:
         path = Path(path)
@@ -156,7 +245,7 @@ def load_train_config(path: Path | None = None, overrides: list[str] | tuple[str
             raise InputError(f"{path}: cannot read the config: {e.strerror}") from None
         except yaml.YAMLError as e:
             raise InputError(f"{path}: not valid YAML ({e})") from None
-        from_dict(TrainConfig, loaded, where=str(path))  # strict: unknown keys and wrong types named
+        from_dict(cls, loaded, where=str(path))  # strict: unknown keys and wrong types named
         data = _merge(data, loaded)
         where = str(path)
     for item in overrides:
@@ -178,7 +267,7 @@ def load_train_config(path: Path | None = None, overrides: list[str] | tuple[str
         except yaml.YAMLError:
             node[parts[-1]] = raw
         where = f"{where} + overrides"
-    return check(from_dict(TrainConfig, data, where=where), where)
+    return check_fn(from_dict(cls, data, where=where), where)
 
 
 def _merge(base: dict, new: dict) -> dict:
@@ -188,5 +277,5 @@ def _merge(base: dict, new: dict) -> dict:
     return out
 
 
-def save_train_config(cfg: TrainConfig, path: Path) -> None:
+def save_train_config(cfg: TrainConfig | PolicyTrainConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -44,7 +44,7 @@ def build_examples(pairs: list[Pair], data: DataSection, tokens: TokensConfig) -
     no_think = no_think_completion(tokens)
     completions: dict[str, list[str]] = {}
     if data.variant == "selected":
-        completions = _from_selection(pairs, Path(data.selection), tokens)
+        completions = read_selection(pairs, Path(data.selection), tokens)
     elif data.variant == "all":
         from ..reasoning.candidates import load_for
 
@@ -68,7 +68,7 @@ def build_examples(pairs: list[Pair], data: DataSection, tokens: TokensConfig) -
     return out
 
 
-def _from_selection(pairs: list[Pair], path: Path, tokens: TokensConfig) -> dict[str, list[str]]:
+def read_selection(pairs: list[Pair], path: Path, tokens: TokensConfig) -> dict[str, list[str]]:
     if not path.is_file():
         raise InputError(f"data.selection {path}: not found (make it with: mmemb reason select)")
     known = {p.id for p in pairs}
