@@ -3,6 +3,8 @@ output of the action the policy took; the decision is read from the prefill and 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -131,3 +133,22 @@ def test_bad_budgets_are_refused(tiny, tmp_path):
     path.write_text(path.read_text().replace('"budgets": [\n      0,\n      64\n    ]', '"budgets": [5, 64]'))
     with pytest.raises(InputError, match="budgets"):
         Embedder.from_pretrained(tmp_path / "m")
+
+
+def test_embed_cli_adaptive_says_what_each_item_did(tiny, tmp_path, capsys):
+    from mmemb.cli import main
+
+    actions = mixed_policy(tiny, [Sample(id=f"q{i}", text=f"query {i}") for i in range(8)])
+    tiny.save_pretrained(tmp_path / "m")
+    tiny.reset_policy()
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(f'{{"id": "q{i}", "text": "query {i}"}}\n' for i in range(8)))
+    out = tmp_path / "v.npy"
+    args = ["embed", "--model", str(tmp_path / "m"), "--input", str(src), "--output", str(out), "--quiet"]
+    assert main([*args, "--mode", "adaptive"]) == 0
+    rows = [json.loads(line) for line in out.with_suffix(".gen.jsonl").read_text().splitlines()]
+    assert [r["reasoned"] for r in rows] == [bool(a) for a in actions]
+    assert [r["action"] for r in rows] == [["no_think", "think"][a] for a in actions]
+    assert all((r["gen_tokens"] > 0) == r["reasoned"] for r in rows)
+    assert f"reasoned on {int(actions.sum())}/8" in capsys.readouterr().err
+    assert np.load(out).shape == (8, 64)

@@ -177,12 +177,14 @@ def plot_sweep(result: dict, path: Path) -> None:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     curve = sorted(result["curve"], key=lambda r: r["invocation"])
     for ax, x, label in ((a1, "invocation", "invocation ratio"), (a2, "mean_latency_s", "mean latency (s)")):
-        ax.plot([r[x] for r in curve], [r["score"] for r in curve], "o-", label="adaptive (λ sweep)")
+        ax.plot(
+            [r[x] for r in curve], [r["score"] for r in curve], "o-", label="adaptive (λ sweep)", zorder=3
+        )
         for r in curve:
             ax.annotate(f"λ={r['lam']:g}", (r[x], r["score"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")  # fmt: skip
-        for name, r in result["fixed"].items():
-            ax.plot([r[x]], [r["score"]], "s", label=name)
+        for (name, r), marker in zip(result["fixed"].items(), "s^vD<>", strict=False):
+            ax.plot([r[x]], [r["score"]], marker, label=name, markersize=10, markerfacecolor="none", mew=1.5)
         ax.set_xlabel(label)
         ax.set_ylabel("score (mean over tasks)")
         ax.grid(alpha=0.3)
