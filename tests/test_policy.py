@@ -116,7 +116,7 @@ def test_train_policy_end_to_end(world, tmp_path, monkeypatch):
     assert summary["pairs"] == 16 and summary["budgets"] == [0, 6]
     assert summary["train_reward_by_action"]["1"] < summary["train_reward_by_action"]["0"]
     model = Embedder.from_pretrained(out / "final")
-    assert model.config.policy.budgets == [0, 6]
+    assert model.config.policy.budgets == [0, 6] and "lam=0.5" in model.config.policy.trained
     base = Embedder.from_pretrained(world["tiny"])
     assert model.fingerprint() == base.fingerprint()  # the embedder itself is untouched
     assert model.policy_fingerprint() != base.policy_fingerprint()

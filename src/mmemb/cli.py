@@ -342,6 +342,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     info = {
         "model": str(args.model),
         "fingerprint": e.fingerprint(),
+        "policy_fingerprint": e.policy_fingerprint(),
+        "modes": list(MODES),
         "config": e.config.to_dict(),
         "token_ids": e.ids,
     }

@@ -99,6 +99,9 @@ class PolicyConfig:
         "MMEmb-R1's binary decision; [0, 24, 64] adds a short budget.",
     )
     temperature: float = _f(0.0, "adaptive: 0 = take the most likely action; > 0 samples the action.")
+    trained: str = _f(
+        "", "How the head was made: empty = untrained (the LM's own choice), else the policy run's settings."
+    )
 
     def action_names(self) -> list[str]:
         if len(self.budgets) == 2:

@@ -212,6 +212,10 @@ def train_policy(cfg: PolicyTrainConfig, log: bool = True, cache_root: Path | No
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     final = out / "final"
+    embedder.config.policy.trained = (
+        f"mmemb train policy: lam={cfg.policy.lam} cost={cfg.policy.cost} steps={cfg.optim.steps} "
+        f"cold_start={cfg.optim.cold_start_steps} data={cfg.data.source} pairs={len(pairs)}"
+    )
     embedder.save_pretrained(final)
     if log:
         print(f"mmemb train policy: λ={cfg.policy.lam}, reasons on {summary['train_invocation']:.0%} of the "
