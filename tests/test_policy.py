@@ -79,6 +79,16 @@ def test_one_rl_step_changes_the_head_and_the_kl_starts_at_zero():
     assert hist[0]["kl"] == pytest.approx(0.0, abs=1e-7)  # one pass: the head is still the reference
 
 
+def test_format_weight_scales_only_the_format_term():
+    from mmemb.train.outcomes import Outcomes
+
+    o = Outcomes(["a", "b"], ["T", "T"], np.zeros((2, 4)), format=np.array([[1.0, 1.0], [0.0, 1.0]]),
+                 ranking=np.array([[0.2, 0.1], [0.5, 0.3]]), tokens=np.array([[0, 0], [40, 10]]),
+                 seconds=np.zeros((2, 2)))  # fmt: skip
+    np.testing.assert_allclose(o.reward(0.1, "call"), [[1.2, 1.1], [0.4, 1.2]])
+    np.testing.assert_allclose(o.reward(0.01, "token", format_weight=0), [[0.2, 0.1], [0.1, 0.2]])
+
+
 def test_cold_start_fits_the_labels():
     x, reward, helps = table()
     head = fresh()
@@ -155,7 +165,8 @@ def test_bad_policy_config_is_refused_before_compute(world, tmp_path, capsys):
     from mmemb.types import InputError
 
     for bad, match in (("policy.budgets=[3,6]", "budgets"), ("policy.cost=minutes", "cost"),
-                       ("policy.group=1", "group"), ("optim.lr=fast", "optim.lr")):  # fmt: skip
+                       ("policy.group=1", "group"), ("optim.lr=fast", "optim.lr"),
+                       ("policy.format_weight=-1", "format_weight")):  # fmt: skip
         with pytest.raises(InputError, match=match):
             load_policy_config(None, [bad])
     missing = overrides(world, tmp_path / "r", f"data.selection={tmp_path / 'nope.jsonl'}")

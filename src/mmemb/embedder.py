@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -259,7 +259,15 @@ class Embedder:
             actions=[names[r["action"]] for r in info],
         )
 
-    def _batched(self, samples, completions, batch_size, progress, desc, run):
+    def _batched(
+        self,
+        samples: list[Sample],
+        completions: list[str] | None,
+        batch_size: int,
+        progress: bool,
+        desc: str,
+        run: Callable[[Prompts, list[int]], tuple[torch.Tensor, list[dict]]],
+    ) -> tuple[np.ndarray, list[dict], list[float]]:
         """Length-sorted batches of prompts (+ completions) through `run(prompts, rows) -> ((b, D), info)`.
         Returns vectors (N, D) (normalised when the config says so), per-row info dicts, per-row seconds."""
         order = sorted(
@@ -288,7 +296,9 @@ class Embedder:
         bar.close()
         return vectors, info, seconds
 
-    def _generate_rows(self, prompts, max_new_tokens, temperature, first):
+    def _generate_rows(
+        self, prompts: Prompts, max_new_tokens: int | None, temperature: float | None, first: int | None
+    ) -> tuple[torch.Tensor, list[dict]]:
         vecs, out_ids, ok = self.generate(
             prompts, max_new_tokens=max_new_tokens, temperature=temperature, first=first
         )

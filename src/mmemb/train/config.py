@@ -142,6 +142,11 @@ class PolicySection:
     cost: str = _f("call", "Unit of cost: 'call' (1 per invocation) or 'token' (per generated token).")
     group: int = _f(8, "G: rollouts per query; advantages are normalised within each group.")
     temperature: float = _f(1.0, "Sampling temperature of the action during rollouts.")
+    format_weight: float = _f(
+        1.0,
+        "Weight of the format reward (UME-R1: 1). The policy does not train the text, so this is a fixed "
+        "penalty on malformed reasoning; 0 judges reasoning by retrieval alone.",
+    )
 
 
 @dataclass
@@ -191,8 +196,10 @@ def check_policy(cfg: PolicyTrainConfig, where: str = "config") -> PolicyTrainCo
             raise InputError(f"{where}: {name} must be >= 1 (got {value})")
     if cfg.policy.group < 2:
         raise InputError(f"{where}: policy.group must be >= 2 (advantages compare rollouts of one query)")
-    if cfg.policy.lam < 0 or cfg.policy.temperature <= 0:
-        raise InputError(f"{where}: policy.lam must be >= 0 and policy.temperature > 0")
+    if cfg.policy.lam < 0 or cfg.policy.temperature <= 0 or cfg.policy.format_weight < 0:
+        raise InputError(
+            f"{where}: policy.lam and policy.format_weight must be >= 0, and policy.temperature > 0"
+        )
     if cfg.optim.cold_start_steps < 0 or cfg.data.negatives < 1:
         raise InputError(f"{where}: optim.cold_start_steps must be >= 0 and data.negatives >= 1")
     return cfg

@@ -44,13 +44,14 @@ class Outcomes:
     tokens: np.ndarray  # (A, N)
     seconds: np.ndarray  # (A, N)
 
-    def reward(self, lam: float, cost: str) -> np.ndarray:
-        """(A, N): format + rank_term · gap − λ · cost (rewards.total_reward), per action and query."""
+    def reward(self, lam: float, cost: str, format_weight: float = 1.0) -> np.ndarray:
+        """(A, N): w·format + rank_term · gap − λ · cost (rewards.total_reward), per action and query."""
         from .rewards import reasoning_cost, total_reward
 
         invoked = np.zeros_like(self.tokens, dtype=bool)
         invoked[1:] = True
-        return total_reward(self.format, self.ranking, reasoning_cost(invoked, self.tokens, cost), lam)
+        cost_ = reasoning_cost(invoked, self.tokens, cost)
+        return total_reward(format_weight * self.format, self.ranking, cost_, lam)
 
 
 class CachedEncoder:

@@ -181,7 +181,7 @@ def train_policy(cfg: PolicyTrainConfig, log: bool = True, cache_root: Path | No
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tensorboard"))
-    reward = outcomes.reward(cfg.policy.lam, cfg.policy.cost)
+    reward = outcomes.reward(cfg.policy.lam, cfg.policy.cost, cfg.policy.format_weight)
 
     def show(r: dict) -> None:
         if writer:

@@ -110,7 +110,11 @@ def run_sweep(
         fresh_head(embedder, budgets)
         c = replace(cfg, policy=replace(cfg.policy, lam=lam))
         history = train_head(
-            embedder.policy, outcomes.features, outcomes.reward(lam, c.policy.cost), c, labels
+            embedder.policy,
+            outcomes.features,
+            outcomes.reward(lam, c.policy.cost, c.policy.format_weight),
+            c,
+            labels,
         )
         with torch.no_grad():
             actions = embedder.policy(torch.from_numpy(test["features"]).float()).argmax(-1).numpy()
@@ -133,6 +137,7 @@ def run_sweep(
         "train_pairs": len(pairs),
         "budgets": budgets,
         "cost": cfg.policy.cost,
+        "format_weight": cfg.policy.format_weight,
         "fixed": rows,
         "curve": curve,
         "best": {"lam": best["lam"], "score": best["score"], "invocation": best["invocation"]},
@@ -180,9 +185,13 @@ def plot_sweep(result: dict, path: Path) -> None:
         ax.plot(
             [r[x] for r in curve], [r["score"] for r in curve], "o-", label="adaptive (λ sweep)", zorder=3
         )
+        spots: dict[tuple, list[str]] = {}  # λs that land on the same point share one label
         for r in curve:
-            ax.annotate(f"λ={r['lam']:g}", (r[x], r["score"]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")  # fmt: skip
+            spots.setdefault((r[x], r["score"]), []).append(f"{r['lam']:g}")
+        for (px, py), names in spots.items():
+            ax.annotate(
+                "λ=" + ",".join(names), (px, py), fontsize=7, xytext=(4, 4), textcoords="offset points"
+            )
         for (name, r), marker in zip(result["fixed"].items(), "s^vD<>", strict=False):
             ax.plot([r[x]], [r["score"]], marker, label=name, markersize=10, markerfacecolor="none", mew=1.5)
         ax.set_xlabel(label)
