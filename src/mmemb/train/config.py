@@ -49,7 +49,9 @@ class ModelSection:
 
 
 @dataclass
-class DataSection:
+class PairsSection:
+    """Where training pairs come from (`data.pairs.read_pairs`); both stages share these keys."""
+
     source: str = _f(
         "mmeb-mini", "Training pairs: mmeb-mini, a mini-layout folder, MMEB-train rows, UME-R1 SFT JSON."
     )
@@ -57,6 +59,10 @@ class DataSection:
     tasks: list = _f([], "Task names to keep (empty: all).")
     limit_per_task: int = _f(0, "At most this many pairs per task (0: all).")
     media_root: str = _f("", "Media folder for MMEB-train / UME-R1 files (default: the file's folder).")
+
+
+@dataclass
+class DataSection(PairsSection):
     selection: str = _f("", "selection.jsonl from `mmemb reason select` (variant 'selected').")
     candidates: str = _f("", "Candidates file from `mmemb reason generate` (variant 'all').")
     variant: str = _f(
@@ -121,12 +127,7 @@ class TrainConfig:
 
 
 @dataclass
-class PolicyDataSection:
-    source: str = _f("mmeb-mini", "Training pairs (the same readers as stage 1).")
-    split: str = _f("train", "Split of a mini-layout source.")
-    tasks: list = _f([], "Task names to keep (empty: all).")
-    limit_per_task: int = _f(0, "At most this many pairs per task (0: all).")
-    media_root: str = _f("", "Media folder for MMEB-train / UME-R1 files (default: the file's folder).")
+class PolicyDataSection(PairsSection):
     selection: str = _f(
         "", "selection.jsonl from `mmemb reason select`: its think/no-think labels are the cold start."
     )

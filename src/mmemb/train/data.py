@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from ..config import TokensConfig
-from ..data.pairs import Pair
+from ..data.pairs import Pair, read_pairs
 from ..eval.tasks import content_key, read_rows
 from ..reasoning.format import no_think_completion, think_completion
 from ..types import InputError, Sample
-from .config import DataSection
+from .config import DataSection, PairsSection
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,15 @@ def read_selection(pairs: list[Pair], path: Path, tokens: TokensConfig) -> dict[
             "on the same data"
         )
     return out
+
+
+def read_training_pairs(d: PairsSection) -> list[Pair]:
+    """The pairs a training config's `data` section names."""
+    media_root = Path(d.media_root) if d.media_root else None
+    tasks = list(d.tasks) or None
+    return read_pairs(
+        d.source, split=d.split, tasks=tasks, limit_per_task=d.limit_per_task, media_root=media_root
+    )
 
 
 class BatchOrder:

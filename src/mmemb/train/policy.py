@@ -42,13 +42,13 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PolicyConfig
-from ..data.pairs import Pair, read_pairs
+from ..data.pairs import Pair
 from ..embedder import Embedder
 from ..losses.policy import group_advantages, grpo_loss
 from ..policy_head import PolicyHead
 from ..types import InputError
 from .config import PolicyTrainConfig, save_train_config
-from .data import BatchOrder, read_selection
+from .data import BatchOrder, read_selection, read_training_pairs
 from .outcomes import Outcomes, compute_outcomes
 
 
@@ -153,8 +153,7 @@ def load_inputs(
     d = cfg.data
     if d.selection and not Path(d.selection).is_file():
         raise InputError(f"data.selection {d.selection}: not found (make it with: mmemb reason select)")
-    pairs = read_pairs(d.source, split=d.split, tasks=list(d.tasks) or None, limit_per_task=d.limit_per_task,
-                       media_root=Path(d.media_root) if d.media_root else None)  # fmt: skip
+    pairs = read_training_pairs(d)
     if len(pairs) < 2:
         raise InputError(f"data.source {d.source}: {len(pairs)} pair(s); the policy needs at least 2")
     embedder = Embedder.from_pretrained(cfg.model.init)

@@ -27,12 +27,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data.pairs import read_pairs
 from ..embedder import Embedder
 from ..losses import full_batch_backward, gradcache_backward, info_nce
 from ..types import InputError
 from .config import TrainConfig, load_train_config, save_train_config
-from .data import BatchOrder, Example, build_examples
+from .data import BatchOrder, Example, build_examples, read_training_pairs
 from .state import latest_checkpoint, load_checkpoint, save_checkpoint
 
 LOSS_TERMS = ("disc", "gen", "cross", "lm")
@@ -163,8 +162,7 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
 
     check_inputs(cfg)
     d = cfg.data
-    pairs = read_pairs(d.source, split=d.split, tasks=list(d.tasks) or None, limit_per_task=d.limit_per_task,
-                       media_root=Path(d.media_root) if d.media_root else None)  # fmt: skip
+    pairs = read_training_pairs(d)
     out = Path(cfg.run.output)
     ckpt = latest_checkpoint(out)
     if ckpt is not None:
