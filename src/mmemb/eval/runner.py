@@ -102,7 +102,7 @@ def embed_keys(
                 "reasoned": out.reasoned[i] if out.reasoned else mode in ("gen", "think"),
             }
             | ({"action": out.actions[i]} if out.actions else {})
-            | ({"text": out.texts[i]} if out.texts and mode not in ("nothink",) else {})
+            | ({"text": out.texts[i]} if out.texts and mode != "nothink" else {})
             for i in range(len(chunk))
         ]
         cache.add(chunk, out.vectors, info)
