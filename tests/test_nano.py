@@ -82,10 +82,11 @@ def test_gen_kv_reuse_equals_recompute(nano, images):
 def test_save_load_round_trip_is_identical(nano, images, tmp_path):
     bb = nano.backbone
     lora_b = next(p for n, p in bb.lm.named_parameters() if "lora_B" in n)
-    saved = [t.detach().clone() for t in (bb.projector[0].bias, lora_b)]
+    saved = [t.detach().clone() for t in (bb.projector[0].bias, lora_b, bb.added_rows)]
     with torch.no_grad():  # perturb what is ours, so the test sees the saved weights, not a re-init
         bb.projector[0].bias.add_(0.01)
         lora_b.add_(0.001)
+        bb.added_rows.add_(0.01)  # <disc_emb> among them: the disc vector depends on its row
     try:
         items = [Sample(id="t", text="a cat"), Sample(id="i", image=images[0], text="image")]
         before = nano.encode(items).vectors
@@ -102,6 +103,37 @@ def test_save_load_round_trip_is_identical(nano, images, tmp_path):
         with torch.no_grad():  # restore exactly: the session's nano is shared by other tests
             bb.projector[0].bias.copy_(saved[0])
             lora_b.copy_(saved[1])
+            bb.added_rows.copy_(saved[2])
+
+
+def test_added_token_rows_are_trainable_in_and_out(nano):
+    """The rows of added tokens are nano's own parameter: stage 1 trains them (peft would freeze rows kept in
+    the tied embedding matrix), and they are both the input embedding and the LM-head row of their token."""
+    bb = nano.backbone
+    close = nano.ids["think_close"]
+    assert not bb.added_rows.requires_grad
+    item = Sample(id="t", text="a cat")
+    ids = bb.tokenizer(nano.prompt(item) + "<think>a cat</think>", add_special_tokens=False,
+                       return_tensors="pt")["input_ids"]  # fmt: skip
+    with torch.no_grad():
+        hidden, _ = bb.forward_hidden(ids, torch.ones_like(ids), bb.text_positions(torch.ones_like(ids)))
+        logits = bb.logits(hidden[0])  # (T, V)
+    row = bb.added_rows[close - bb.base_vocab]
+    torch.testing.assert_close(logits[:, close], hidden[0] @ row, rtol=1e-5, atol=1e-4)
+    try:
+        bb.configure_trainable()
+        lm_mask = torch.zeros(1, ids.shape[1] - 1, dtype=torch.bool)
+        lm_mask[0, -1] = True  # predict </think>
+        _, out = bb(ids, torch.ones_like(ids), bb.text_positions(torch.ones_like(ids)), None, lm_mask)
+        torch.nn.functional.cross_entropy(out, ids[:, -1]).backward()
+        grad = bb.added_rows.grad  # (n_added, D)
+        assert grad[close - bb.base_vocab].abs().sum() > 0  # as an output row
+        assert grad[nano.ids["think_open"] - bb.base_vocab].abs().sum() > 0  # as an input embedding
+    finally:
+        bb.added_rows.requires_grad_(False)
+        bb.added_rows.grad = None
+        for p in bb.parameters():
+            p.grad = None
 
 
 def test_chunked_vision_equals_one_batch(nano):

@@ -54,7 +54,7 @@ class Embedder:
 
     def reset_policy(self) -> None:
         """The untrained decision: the LM's own preference between <no_think> and <think> (policy_head.py)."""
-        rows = self.backbone.lm_head.weight[[self.ids["no_think"], self.ids["think_open"]]]  # (2, D)
+        rows = self.backbone.output_rows([self.ids["no_think"], self.ids["think_open"]])  # (2, D)
         self.policy.init_from_lm(rows.detach())
 
     # ---- construction -------------------------------------------------------------------------

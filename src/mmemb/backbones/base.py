@@ -206,6 +206,10 @@ class Backbone(nn.Module):
         state.next_pos = state.next_pos + active.long()
         return hidden[:, -1]  # (B, D)
 
+    def output_rows(self, ids: list[int]) -> torch.Tensor:
+        """The LM head's rows (n, D) of these token ids (what `logits` multiplies the state by)."""
+        return self.lm_head.weight[ids]
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits (B, V) from last-layer hidden states (B, D)."""
         return self.lm_head(hidden).float()

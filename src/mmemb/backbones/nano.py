@@ -78,6 +78,38 @@ class NanoBackbone(Backbone):
                 self.lm = get_peft_model(lm, lora)
         self.decoder = lm.model  # LoRA layers are injected in place, so this includes them
 
+    # ---- added tokens: their own trainable rows ------------------------------------------------
+    # SmolLM2 ties its LM head to the input embeddings, and peft freezes both, so rows of added tokens
+    # (<think>, </think>, <gen_emb>, ...) kept in that matrix could never learn to be read or written.
+    # They live in `added_rows` instead: the input embedding of an added token, and its output row.
+    def add_special_tokens(self, tokens: list[str]) -> list[str]:
+        added = super().add_special_tokens(tokens)
+        old = getattr(self, "added_rows", None)
+        if added or old is None:
+            rows = self.input_embeddings().weight[self.base_vocab :].detach().clone()  # (n_added, D)
+            if old is not None:
+                rows[: len(old)] = old.detach()  # rows that exist (perhaps trained) are kept
+            self.added_rows = nn.Parameter(rows, requires_grad=old is not None and old.requires_grad)
+        return added
+
+    def configure_trainable(self) -> None:
+        self.added_rows.requires_grad_(True)  # the projector and LoRA train as built
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, T, D): the frozen matrix for the base vocabulary, `added_rows` past it."""
+        embeds = self.input_embeddings()(input_ids.clamp(max=self.base_vocab - 1))
+        new = input_ids >= self.base_vocab
+        rows = self.added_rows[(input_ids - self.base_vocab).clamp(min=0)]  # (B, T, D)
+        return torch.where(new[..., None], rows.to(embeds.dtype), embeds)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        base = hidden @ self.input_embeddings().weight[: self.base_vocab].T  # (B, V0): tied LM head
+        return torch.cat([base, hidden @ self.added_rows.T], dim=-1).float()  # (B, V0 + n_added)
+
+    def output_rows(self, ids: list[int]) -> torch.Tensor:
+        return torch.stack([self.added_rows[i - self.base_vocab] if i >= self.base_vocab
+                            else self.input_embeddings().weight[i] for i in ids])  # fmt: skip
+
     def train(self, mode: bool = True) -> NanoBackbone:
         super().train(mode)
         self.vision.eval()  # frozen BatchNorm statistics must never update
@@ -117,7 +149,7 @@ class NanoBackbone(Backbone):
         return Prompts(ids, mask, self.text_positions(mask), extra)
 
     def forward_hidden(self, input_ids, attention_mask, position_ids, cache=None, extra=None, use_cache=True):
-        embeds = self.input_embeddings()(input_ids)  # (B, T, D)
+        embeds = self.embed_tokens(input_ids)  # (B, T, D)
         if extra and "pixel_values" in extra:
             visual = self.encode_images(extra["pixel_values"].to(embeds.device))  # (N, g*g, D)
             where = input_ids == self.image_token_id  # (B, T), images in row-major order = sample order
@@ -141,7 +173,7 @@ class NanoBackbone(Backbone):
                 f"lora.{k}": v
                 for k, v in get_peft_model_state_dict(self.lm, save_embedding_layers=False).items()
             }
-        state["added_token_rows"] = self.input_embeddings().weight[self.base_vocab :]  # (n_added, D)
+        state["added_token_rows"] = self.added_rows  # (n_added, D)
         return {k: v.detach().contiguous().clone() for k, v in state.items()}
 
     def save(self, directory: Path) -> None:
@@ -160,11 +192,10 @@ class NanoBackbone(Backbone):
                     f"{directory}: LoRA weights do not fit this model: {result.unexpected_keys[:3]}"
                 )
         rows = state["added_token_rows"]
-        emb = self.input_embeddings().weight
-        if rows.shape != emb[self.base_vocab :].shape:
+        if rows.shape != self.added_rows.shape:
             raise InputError(
                 f"{directory}: {rows.shape[0]} added-token rows saved, model has "
-                f"{emb.shape[0] - self.base_vocab}; the config's tokens changed"
+                f"{self.added_rows.shape[0]}; the config's tokens changed"
             )
         with torch.no_grad():
-            emb[self.base_vocab :] = rows
+            self.added_rows.copy_(rows)
