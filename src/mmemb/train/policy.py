@@ -156,7 +156,8 @@ def load_inputs(
     pairs = read_training_pairs(d)
     if len(pairs) < 2:
         raise InputError(f"data.source {d.source}: {len(pairs)} pair(s); the policy needs at least 2")
-    embedder = Embedder.from_pretrained(cfg.model.init)
+    overrides = {k: v for k, v in vars(cfg.model.backbone).items() if k not in ("kind", "source")}
+    embedder = Embedder.from_pretrained(cfg.model.init, **overrides)  # overrides: fresh models only
     fresh_head(embedder, cfg.policy.budgets)
     outcomes = compute_outcomes(
         embedder, pairs, cfg.policy.budgets, cache_root or cache_dir() / "embeddings",
