@@ -57,7 +57,6 @@ def test_nothink_is_the_forced_no_think_completion(tiny, items):
     # the same as decoding <no_think> then the forced <gen_emb> from the prefill's KV cache
     bb = tiny.backbone
     prompts = bb.prepare(items, [tiny.prompt(s) for s in items])
-    tiny.policy  # noqa: B018 (the head plays no part in nothink)
     vecs, ids, found = tiny.generate(prompts, max_new_tokens=3, first=tiny.ids["no_think"])
     assert all(
         f and i == [tiny.ids["no_think"], tiny.ids["gen_emb"]] for i, f in zip(ids, found, strict=True)

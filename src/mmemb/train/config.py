@@ -113,17 +113,19 @@ class RunSection:
     tensorboard: bool = _f(True, "Write TensorBoard scalars under output/tensorboard.")
 
 
+class _Tree:
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(_Tree):
     model: ModelSection = field(default_factory=ModelSection, metadata={"help": "What to train."})
     data: DataSection = field(default_factory=DataSection, metadata={"help": "Training pairs and reasoning."})
     loss: LossSection = field(default_factory=LossSection, metadata={"help": "Loss terms and weights."})
     optim: OptimSection = field(default_factory=OptimSection, metadata={"help": "Optimizer and schedule."})
     batch: BatchSection = field(default_factory=BatchSection, metadata={"help": "Batching."})
     run: RunSection = field(default_factory=RunSection, metadata={"help": "Outputs, length, logging."})
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -173,15 +175,12 @@ class PolicyRunSection:
 
 
 @dataclass
-class PolicyTrainConfig:
+class PolicyTrainConfig(_Tree):
     model: ModelSection = field(default_factory=ModelSection, metadata={"help": "The (stage-1) embedder."})
     data: PolicyDataSection = field(default_factory=PolicyDataSection, metadata={"help": "Queries."})
     policy: PolicySection = field(default_factory=PolicySection, metadata={"help": "Actions and reward."})
     optim: PolicyOptimSection = field(default_factory=PolicyOptimSection, metadata={"help": "GRPO."})
     run: PolicyRunSection = field(default_factory=PolicyRunSection, metadata={"help": "Outputs."})
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def check_policy(cfg: PolicyTrainConfig, where: str = "config") -> PolicyTrainConfig:
