@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up a fresh machine for mmemb, then run the main job: evaluate the embedded default (nano) on mmeb-mini.
+# Set up a fresh machine for mmemb, then run the main job: evaluate the trained embedded default (nano-r1) on
+# mmeb-mini in every mode (disc, never / always / adaptive reasoning, oracle).
 #   bash scripts/setup.sh            # set up + run the main job
 #   bash scripts/setup.sh --no-run   # set up only (scripts/test.sh uses this)
 # Idempotent: a second run installs nothing new and takes seconds.
@@ -34,6 +35,7 @@ python -c "from mmemb.backbones.assets import smollm2_dir, efficientnet_weights;
 echo "setup: ready (.venv; activate with: . .venv/bin/activate)" >&2
 
 if [ "$run" = 1 ]; then
-  # The main job: evaluate nano on mmeb-mini (built from the Debian data on first use, ~1 min), disc mode.
-  mmemb eval --model nano --tasks mmeb-mini --out runs/eval/nano-mmeb-mini
+  # The main job: the evaluation part of `mmemb reproduce`, on the nano weights that command trained and the
+  # package ships (nano-r1): every mode on mmeb-mini (built from the Debian data on first use, ~1 min).
+  mmemb reproduce --eval-only --model nano-r1 --out runs/reproduce-eval
 fi

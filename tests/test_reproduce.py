@@ -1,0 +1,125 @@
+"""`mmemb reproduce --tiny` end to end (tiny random Qwen2-VL, a 5% mmeb-mini build from the Debian data):
+every stage runs, the results hold together, a rerun resumes, other settings are refused, and the exported
+weights reproduce the recorded numbers. Plus the shipped nano-r1 weights: they load to the recorded model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from mmemb.cli import main
+from mmemb.embedder import PRETRAINED, Embedder
+from mmemb.reproduce import ALL_STAGES, VARIANTS
+
+from .test_data_mini import needs_data
+
+pytestmark = needs_data
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reproduce")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MMEMB_CACHE", str(root / "cache"))
+    out = root / "study"
+    assert main(["reproduce", "--tiny", "--out", str(out), "--quiet"]) == 0
+    yield {"root": root, "out": out}
+    mp.undo()
+
+
+def test_every_stage_ran_and_the_results_hold_together(study):
+    out = study["out"]
+    assert all((out / s / "DONE.json").is_file() for s in ALL_STAGES)
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["models"]) == set(VARIANTS)
+    for name, runs in res["models"].items():
+        expected = {"disc", "never", "always", "oracle"} | ({"adaptive"} if name == "selected" else set())
+        assert set(runs) == expected, name
+        assert runs["never"]["invocation"] == 0.0 and runs["always"]["invocation"] == 1.0
+        for task, score in runs["oracle"]["tasks"].items():  # per query the better action
+            assert score >= max(runs["never"]["tasks"][task], runs["always"]["tasks"][task]) - 1e-9
+        assert len(runs["disc"]["tasks"]) == 9 and runs["disc"]["queries"] > 0
+
+    # adaptive is, per query, exactly the fixed mode of the action it took
+    def per_query(run):
+        f = next((out / "eval" / "selected" / run).glob("per_query.*.jsonl"))
+        return {(q["task"], q["row"]): q for q in map(json.loads, f.read_text().splitlines())}
+
+    never, always, adaptive = per_query("never"), per_query("always"), per_query("adaptive")
+    assert adaptive.keys() == never.keys() == always.keys()
+    for key, q in adaptive.items():
+        assert q["score"] == (always if q["reasoned"] else never)[key]["score"], key
+    sweep = res["sweep"]
+    assert [r["lam"] for r in sweep["curve"]] == [0.0, 100.0] and sweep["curve"][1]["invocation"] == 0.0
+    report = (out / "report.md").read_text()
+    assert "| adaptive (policy) |" in report and "no selection" in report and "counterfactual" in report
+    assert (out / "sweep.png").stat().st_size > 0
+    # the ablations trained on different data: the four stage-1 models differ
+    assert len({Embedder.from_pretrained(out / f"stage1-{v}" / "final").fingerprint() for v in VARIANTS}) == 4
+
+
+def test_exported_weights_load_to_the_evaluated_model_and_reproduce_its_numbers(study, monkeypatch):
+    out, root = study["out"], study["root"]
+    monkeypatch.setenv("MMEMB_CACHE", str(root / "cache"))
+    recipe = json.loads((out / "weights" / "RECIPE.json").read_text())
+    assert recipe["command"] == "mmemb reproduce --tiny" and recipe["data"]["content_hash"]
+    model = Embedder.from_pretrained(out / "weights")
+    assert model.fingerprint() == recipe["fingerprint"]
+    assert model.policy_fingerprint() == recipe["policy_fingerprint"]
+    again = root / "again"
+    args = [
+        "reproduce",
+        "--tiny",
+        "--eval-only",
+        "--model",
+        str(out / "weights"),
+        "--out",
+        str(again),
+        "--quiet",
+    ]
+    assert main(args) == 0
+    now = json.loads((again / "results.json").read_text())["models"]["model"]
+    then = json.loads((out / "results.json").read_text())["models"]["selected"]
+    for run in ("disc", "never", "always", "adaptive", "oracle"):
+        assert now[run]["tasks"] == pytest.approx(then[run]["tasks"]), run
+        assert now[run]["invocation"] == pytest.approx(then[run]["invocation"]), run
+    assert (
+        "(same)" in (again / "report.md").read_text() and "DIFFERENT" not in (again / "report.md").read_text()
+    )
+
+
+def test_a_rerun_resumes_and_a_lost_stage_is_redone_identically(study, monkeypatch, capsys):
+    out, root = study["out"], study["root"]
+    monkeypatch.setenv("MMEMB_CACHE", str(root / "cache"))
+    before = json.loads((out / "results.json").read_text())["models"]
+    for stage in ("eval", "report"):  # as if killed during evaluation
+        (out / stage / "DONE.json").unlink()
+    shutil.rmtree(out / "eval" / "none")
+    assert main(["reproduce", "--tiny", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "stage 5/13 stage1-none: done earlier" in err and "stage 10/13 eval: running" in err
+    after = json.loads((out / "results.json").read_text())["models"]
+    assert after == before  # the embedding cache gives back the same vectors, latencies included
+
+
+def test_other_settings_in_the_same_folder_are_refused(study, monkeypatch, capsys):
+    monkeypatch.setenv("MMEMB_CACHE", str(study["root"] / "cache"))
+    assert main(["reproduce", "--tiny", "--out", str(study["out"]), "--limit", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "eval_limit" in err and "another --out" in err
+    assert main(["reproduce", "--model", "nano", "--out", str(study["root"] / "x")]) == 2
+    assert main(["reproduce", "--limit", "-1", "--out", str(study["root"] / "y")]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (PRETRAINED["nano-r1"] / "RECIPE.json").is_file(), reason="nano-r1 not shipped yet")
+def test_the_shipped_nano_r1_loads_to_the_recorded_model():
+    recipe = json.loads((PRETRAINED["nano-r1"] / "RECIPE.json").read_text())
+    model = Embedder.from_pretrained("nano-r1")
+    assert model.fingerprint() == recipe["fingerprint"]
+    assert model.policy_fingerprint() == recipe["policy_fingerprint"]
+    assert recipe["command"] == "mmemb reproduce" and model.config.policy.trained
+    size = sum(f.stat().st_size for f in PRETRAINED["nano-r1"].iterdir())
+    assert size < 5e6  # small trained parts only: never the base weights
