@@ -66,6 +66,9 @@ class Embedder:
         """'nano' -> a fresh nano embedder; 'nano-r1' -> nano trained by `mmemb reproduce` (shipped); a folder saved by `save_pretrained` -> that embedder;
         any other folder or hub id -> a fresh embedder over that Qwen-VL model (hf backbone)."""
         path = PRETRAINED.get(str(name_or_path), Path(name_or_path))
+        if str(name_or_path) in PRETRAINED and not (path / CONFIG_NAME).is_file():
+            raise InputError(f"{name_or_path}: its weights are missing from this install ({path}); "
+                             "reinstall mmemb, or train them with `mmemb reproduce`")  # fmt: skip
         if (path / CONFIG_NAME).is_file():
             config = EmbedderConfig.load(path / CONFIG_NAME)
             backbone = build_backbone(config.backbone, saved=path)

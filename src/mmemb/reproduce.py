@@ -87,7 +87,7 @@ class Recipe:
     )
     policy: list = field(default_factory=lambda: ["policy.lam=0.01", "run.log_every=50"])
     lams: list = field(default_factory=lambda: [0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0])
-    eval_limit: int = 50  # test queries per task (0: all); global corpora are kept whole
+    eval_limit: int = 30  # test queries per task (0: all); global corpora are kept whole
     eval_batch: int = 16
 
     @classmethod
