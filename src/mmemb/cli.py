@@ -24,6 +24,8 @@ COMMANDS = {
     "train": "Train: `mmemb train stage1|policy|policy-sweep --config FILE [key=value ...]` (contrastive + "
     "reasoning SFT; the policy that decides when to reason; its λ sweep).",
     "reason": "Reasoning paths: generate candidate rationales, select them by counterfactual utility, inspect.",
+    "serve": "An OpenAI-compatible embeddings server (POST /v1/embeddings, /health, /metrics) with dynamic "
+    "batching and adaptive reasoning.",
     "reproduce": "The MMEmb-R1 study end to end (data, rationales, selection, stage 1 x 4 ablations, policy, "
     "evaluation, λ sweep, report), resumable stage by stage; --eval-only evaluates shipped weights.",
 }
@@ -150,6 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="tiny random Qwen2-VL and a 5%% mmeb-mini build (CI)")
     p.add_argument("--limit", type=int, help="test queries per task (default 50; 0: all)")
     p.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("serve", help=COMMANDS["serve"], description=COMMANDS["serve"] + " The API key, if any, "
+                       "is read from the MMEMB_API_KEY environment variable (not a flag: flags show in `ps`).")  # fmt: skip
+    p.add_argument("--model", default="nano", help="as `mmemb embed --model` (e.g. nano-r1, a saved folder)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--mode", default="disc", choices=MODES, help="mode of a request that names none")
+    p.add_argument("--max-batch", type=int, default=16, help="items per model batch")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill")
+    p.add_argument("--max-queue", type=int, default=256, help="items waiting per lane; more get 429")
+    p.add_argument("--lanes", default="split", choices=("split", "shared"),
+                   help="split: disc/nothink never wait behind generation; shared: one queue")  # fmt: skip
+    p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body (413 above)")
+    p.add_argument("--max-items", type=int, default=256, help="inputs per request (413 above)")
+    p.add_argument("--max-image-pixels", type=int, default=4_000_000, help="per decoded image (400 above)")
+    p.add_argument("--allow-path-root", type=Path,
+                   help="allow file:// media under this folder (refused by default)")  # fmt: skip
     return parser
 
 
@@ -171,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             "reason": cmd_reason,
             "train": cmd_train,
             "reproduce": cmd_reproduce,
+            "serve": cmd_serve,
         }
         return handlers[args.command](args)
     except (InputError, AssetError) as e:
@@ -341,6 +360,36 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         recipe.eval_limit = args.limit
     _quiet_libraries()
     reproduce(out, recipe, eval_only=args.eval_only, log=not args.quiet)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve.app import ServeSettings, serve
+        from .serve.inputs import Limits
+    except ImportError as e:
+        raise InputError(
+            f"serving needs the serve extra ({e.name} is missing): pip install 'mmemb[serve]'"
+        ) from None
+    from .embedder import Embedder
+
+    for flag in ("port", "max_batch", "max_queue", "max_items", "max_image_pixels"):
+        if getattr(args, flag) < (0 if flag == "port" else 1):
+            raise InputError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be positive")
+    root = args.allow_path_root
+    if root is not None and not root.is_dir():
+        raise InputError(f"--allow-path-root {root}: not a folder")
+    _quiet_libraries()
+    settings = ServeSettings(
+        model_name=args.model, mode=args.mode, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue, lanes=args.lanes, max_body_bytes=int(args.max_body_mb * 2**20),
+        api_key=os.environ.get("MMEMB_API_KEY") or None,
+        limits=Limits(max_items=args.max_items, max_image_pixels=args.max_image_pixels, allow_path_root=root),
+    )  # fmt: skip
+    embedder = Embedder.from_pretrained(args.model)
+    print(f"mmemb serve: {args.model} on http://{args.host}:{args.port} (mode {args.mode}, lanes {args.lanes}, "
+          f"API key {'on' if settings.api_key else 'off'})", file=sys.stderr, flush=True)  # fmt: skip
+    serve(embedder, settings, host=args.host, port=args.port)
     return 0
 
 

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -49,6 +50,9 @@ class Embedder:
             [i for i in (backbone.tokenizer.eos_token_id, backbone.tokenizer.pad_token_id) if i is not None]
         )  # generation ends (without <gen_emb>) at any of these
         self.pad_id = backbone.tokenizer.pad_token_id or 0
+        # HF fast tokenizers set padding state per call and are not safe to share between threads: every
+        # tokenizer use in encode holds this lock, so threads may share one Embedder (the server does).
+        self.tokenizer_lock = threading.Lock()
         self.no_think = f"{tok.no_think}{tok.gen_emb}"  # the no-think completion
         config.policy.check()
         width = backbone.input_embeddings().weight.shape[1]
@@ -290,7 +294,9 @@ class Embedder:
             idx = order[start : start + batch_size]
             start_time = time.perf_counter()
             rendered = [self.prompt(samples[i]) + (completions[i] if completions else "") for i in idx]
-            vecs, rows = run(self.backbone.prepare([samples[i] for i in idx], rendered), idx)
+            with self.tokenizer_lock:
+                prompts = self.backbone.prepare([samples[i] for i in idx], rendered)
+            vecs, rows = run(prompts, idx)
             vecs = vecs.float()
             if self.config.normalize:
                 vecs = torch.nn.functional.normalize(vecs, dim=-1)
@@ -309,9 +315,10 @@ class Embedder:
             prompts, max_new_tokens=max_new_tokens, temperature=temperature, first=first
         )
         decode = self.backbone.tokenizer.decode
+        with self.tokenizer_lock:
+            texts = [decode(ids, skip_special_tokens=False) for ids in out_ids]
         info = [
-            {"text": decode(ids, skip_special_tokens=False), "tokens": len(ids), "found": f}
-            for ids, f in zip(out_ids, ok, strict=True)
+            {"text": t, "tokens": len(ids), "found": f} for t, ids, f in zip(texts, out_ids, ok, strict=True)
         ]
         return vecs, info
 

@@ -1,0 +1,2 @@
+"""Serving: an OpenAI-compatible embeddings server (app.py) with dynamic batching in lanes (batcher.py) and
+request checks (inputs.py). Needs the `serve` extra (fastapi, uvicorn, prometheus-client)."""

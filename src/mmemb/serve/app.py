@@ -1,0 +1,234 @@
+"""`mmemb serve`: an OpenAI-compatible embeddings server (FastAPI + uvicorn) over one Embedder.
+
+    POST /v1/embeddings   the OpenAI request shape, plus multimodal items, `mode` and `return_text`
+                          (serve/inputs.py); the OpenAI response shape, plus per item `mode`, `reasoned`,
+                          `reasoning_tokens` (and `text` on request)
+    GET  /v1/models       the one model served
+    GET  /health          liveness and queue depth (never needs the API key)
+    GET  /metrics         Prometheus text format
+
+Requests are batched by serve/batcher.py. Errors use OpenAI's shape, `{"error": {"message", "type", "code"}}`:
+400 bad input (which item, what to do), 401 missing or wrong API key, 404 another model, 413 body / inputs /
+text over the limits, 429 queue full (with Retry-After), 500 a failure inside the model (that request only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import re
+import sys
+import tempfile
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from ..types import InputError
+from .batcher import Batcher, Job, QueueFull
+from .inputs import Limits, RequestError, parse_request
+
+log = logging.getLogger("mmemb.serve")
+
+
+@dataclass
+class ServeSettings:
+    model_name: str = "nano"
+    mode: str = "disc"  # a request without "mode"
+    max_batch: int = 16
+    max_wait_ms: float = 5.0
+    max_queue: int = 256  # items per lane
+    lanes: str = "split"
+    max_body_bytes: int = 32 * 2**20
+    api_key: str | None = None
+    limits: Limits = field(default_factory=Limits)
+
+
+def create_app(embedder, settings: ServeSettings):
+    reg = CollectorRegistry()
+    m_requests = Counter(
+        "mmemb_requests", "Embedding requests by mode and HTTP status", ["mode", "status"], registry=reg
+    )
+    m_items = Counter(
+        "mmemb_items", "Items embedded by mode and whether reasoning ran", ["mode", "reasoned"], registry=reg
+    )
+    m_tokens = Counter("mmemb_reasoning_tokens", "Tokens generated while reasoning", registry=reg)
+    m_latency = Histogram("mmemb_request_seconds", "Request latency (seconds) by mode", ["mode"], registry=reg,
+                          buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))  # fmt: skip
+    m_batch = Histogram("mmemb_batch_items", "Items per model batch by lane", ["lane"], registry=reg,
+                        buckets=(1, 2, 4, 8, 16, 32, 64, 128))  # fmt: skip
+    m_queue = Gauge("mmemb_queue_items", "Items waiting by lane", ["lane"], registry=reg)
+
+    batcher = Batcher(
+        embedder, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue,
+        lanes=settings.lanes, on_batch=lambda lane, n, _s: m_batch.labels(lane).observe(n),
+    )  # fmt: skip
+    for name, lane in batcher.lanes.items():
+        m_queue.labels(name).set_function(lambda lane=lane: lane.queued)
+    dim = embedder.backbone.input_embeddings().weight.shape[1]
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        await run_in_threadpool(batcher.close)
+
+    app = FastAPI(title="mmemb", lifespan=lifespan)
+    app.state.batcher = batcher
+
+    def error(status: int, message: str, code: str, headers: dict | None = None) -> JSONResponse:
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        body = {"error": {"message": message, "type": kind, "code": code}}
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    def authorized(request: Request) -> bool:
+        if not settings.api_key:
+            return True
+        given = request.headers.get("authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode())
+
+    async def read_body(request: Request) -> bytes:
+        limit = settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise RequestError(
+                413, f"the body is {int(declared):,} bytes, over the limit of {limit:,} bytes", "too_large"
+            )
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"the body is over the limit of {limit:,} bytes", "too_large")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        t0, mode, status = time.perf_counter(), "unknown", 500
+        try:
+            if not authorized(request):
+                status = 401
+                return error(
+                    401, "missing or wrong API key (send Authorization: Bearer <key>)", "unauthorized"
+                )
+            try:
+                body = json.loads(await read_body(request))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise RequestError(400, f"the body is not valid JSON ({e})") from None
+            mode = body.get("mode", settings.mode) if isinstance(body, dict) else mode
+            mode = mode if isinstance(mode, str) and len(mode) < 16 else "unknown"
+            model = body.get("model") if isinstance(body, dict) else None
+            if model not in (None, settings.model_name):
+                raise RequestError(404, f"model {model!r} is not served here; this server serves "
+                                   f"{settings.model_name!r}", "model_not_found")  # fmt: skip
+            with tempfile.TemporaryDirectory(prefix="mmemb-serve-") as tmp:
+                req = await run_in_threadpool(
+                    parse_request, body, settings.mode, settings.limits, Path(tmp), dim
+                )
+                future = batcher.submit(Job(req.samples, req.mode, req.max_new_tokens))
+                emb = await asyncio.wrap_future(future)
+            prompt_tokens = await run_in_threadpool(count_tokens, embedder, req.samples)
+            status = 200
+        except RequestError as e:
+            status = e.status
+            return error(e.status, e.message, e.code)
+        except QueueFull as e:
+            status = 429
+            return error(429, str(e), "queue_full", {"Retry-After": str(e.retry_after)})
+        except InputError as e:  # found by the model's own checks (e.g. a prompt over the context)
+            status = 400
+            return error(400, re.sub(r"item '(\d+)'", r"input[\1]", str(e)), "invalid_input")
+        except Exception as e:  # noqa: BLE001 - this request fails, the server goes on
+            log.exception("request failed")
+            return error(500, f"the model failed on this request ({type(e).__name__}: {e})", "model_error")
+        finally:
+            m_requests.labels(mode, str(status)).inc()
+            m_latency.labels(mode).observe(time.perf_counter() - t0)
+        data, total_gen = [], 0
+        for i in range(len(req.samples)):
+            vec = emb.vectors[i]
+            reasoned = bool(emb.reasoned[i]) if emb.reasoned else False
+            tokens = int(emb.gen_tokens[i]) if emb.gen_tokens else 0
+            total_gen += tokens
+            m_items.labels(req.mode, str(reasoned).lower()).inc()
+            item = {
+                "object": "embedding",
+                "index": i,
+                "embedding": base64.b64encode(vec.astype("<f4").tobytes()).decode()
+                if req.encoding_format == "base64"
+                else vec.tolist(),
+                "mode": req.mode,
+                "reasoned": reasoned,
+                "reasoning_tokens": tokens,
+            }
+            if req.return_text:
+                item["text"] = emb.texts[i] if emb.texts else ""
+            data.append(item)
+        m_tokens.inc(total_gen)
+        return {
+            "object": "list",
+            "data": data,
+            "model": settings.model_name,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "total_tokens": prompt_tokens + total_gen,
+                "reasoning_tokens": total_gen,
+            },
+        }
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        if not authorized(request):
+            return error(401, "missing or wrong API key (send Authorization: Bearer <key>)", "unauthorized")
+        return {
+            "object": "list",
+            "data": [{"id": settings.model_name, "object": "model", "owned_by": "mmemb"}],
+        }
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": settings.model_name, "dim": dim, "queued": batcher.queued()}
+
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        if not authorized(request):
+            return error(401, "missing or wrong API key (send Authorization: Bearer <key>)", "unauthorized")
+        return Response(generate_latest(reg), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def count_tokens(embedder, samples) -> int:
+    """Tokens of the inputs' texts and instructions (the prompt template and visual tokens are not counted)."""
+    texts = [t for s in samples for t in (s.text, s.instruction) if t]
+    if not texts:
+        return 0
+    with embedder.tokenizer_lock:
+        return sum(
+            len(ids) for ids in embedder.backbone.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        )
+
+
+def serve(embedder, settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
+    import uvicorn
+
+    if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        print(
+            f"mmemb serve: warning: listening on {host} without an API key (set MMEMB_API_KEY)",
+            file=sys.stderr,
+        )
+    uvicorn.run(create_app(embedder, settings), host=host, port=port, log_level="warning")

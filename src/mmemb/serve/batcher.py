@@ -1,0 +1,184 @@
+"""Dynamic batching over one Embedder, in lanes so that one-forward requests never wait behind generation.
+
+A *job* is one request's items, all in one mode. Each lane is one worker thread with its own bounded queue:
+
+    take the oldest job; wait until `max_batch` items of its mode are queued or `max_wait_s` has passed since
+    it arrived; encode those jobs' items in one `Embedder.encode` call; hand each job its rows.
+
+With `lanes="split"` (the default) disc and nothink jobs (one forward, tens of ms) go to the *fast* lane and
+the generating modes (gen, think, adaptive: up to seconds of decoding) to the *slow* lane. Both threads
+share the model (torch releases the GIL; `Embedder.tokenizer_lock` guards the tokenizer), so a disc request
+runs beside a long generation instead of after it. `lanes="shared"` is one lane for everything: the
+head-of-line baseline that `benchmarks/serve_load.py` measures against.
+
+A batch that fails is retried one job at a time, so a bad item fails its own request only.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..types import Embeddings, Sample
+
+FAST_MODES = ("disc", "nothink")  # one forward pass, no generation
+
+
+class QueueFull(Exception):
+    """The lane's queue holds `max_queue` items already. `retry_after` is a whole number of seconds."""
+
+    def __init__(self, lane: str, queued: int, retry_after: int) -> None:
+        super().__init__(f"the {lane} queue is full ({queued} items waiting); retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+@dataclass
+class Job:
+    samples: list[Sample]
+    mode: str
+    max_new_tokens: int | None = None
+    future: Future = field(default_factory=Future)  # -> Embeddings, rows in `samples` order
+    arrived: float = field(default_factory=time.monotonic)
+
+    @property
+    def key(self) -> tuple:  # jobs with the same key can share one encode call
+        return (self.mode, self.max_new_tokens)
+
+
+class Lane:
+    def __init__(self, name, embedder, max_batch: int, max_wait_s: float, max_queue: int, on_batch=None):
+        self.name, self.embedder = name, embedder
+        self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
+        self.on_batch: Callable[[str, int, float], None] | None = on_batch  # (lane, items, seconds)
+        self.jobs: deque[Job] = deque()
+        self.queued = 0  # items in self.jobs
+        self.busy = 0  # items being encoded now
+        self.item_seconds = 0.05  # running mean of seconds per item (for Retry-After)
+        self.cond = threading.Condition()
+        self.closed = False
+        self.thread = threading.Thread(target=self._loop, name=f"mmemb-lane-{name}", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: Job) -> Future:
+        with self.cond:
+            if self.closed:
+                raise RuntimeError("the server is shutting down")
+            if self.queued + len(job.samples) > self.max_queue:
+                wait = (self.queued + self.busy) * self.item_seconds
+                raise QueueFull(self.name, self.queued, max(1, math.ceil(wait)))
+            self.jobs.append(job)
+            self.queued += len(job.samples)
+            self.cond.notify()
+        return job.future
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        self.thread.join(timeout=60)
+
+    def _take(self) -> list[Job] | None:
+        """Under the lock: wait for a batch (module docstring) and remove its jobs from the queue."""
+        while not self.jobs:
+            if self.closed:
+                return None
+            self.cond.wait()
+        first = self.jobs[0]
+        while not self.closed:
+            ready = sum(len(j.samples) for j in self.jobs if j.key == first.key)
+            left = first.arrived + self.max_wait_s - time.monotonic()
+            if ready >= self.max_batch or left <= 0:
+                break
+            self.cond.wait(left)
+        batch, n = [], 0
+        for j in list(self.jobs):
+            if j.key == first.key and (n == 0 or n + len(j.samples) <= self.max_batch):
+                batch.append(j)
+                n += len(j.samples)
+                self.jobs.remove(j)
+        self.queued -= n
+        self.busy = n
+        # a job whose request went away (client disconnected) is dropped; the others can no longer be cancelled
+        return [j for j in batch if j.future.set_running_or_notify_cancel()]
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                batch = self._take()
+            if batch is None:
+                return
+            if not batch:
+                continue
+            t0 = time.perf_counter()
+            self._run(batch)
+            seconds = time.perf_counter() - t0
+            n = sum(len(j.samples) for j in batch)
+            with self.cond:
+                self.busy = 0
+                self.item_seconds = 0.8 * self.item_seconds + 0.2 * seconds / n
+            if self.on_batch:
+                self.on_batch(self.name, n, seconds)
+
+    def _run(self, batch: list[Job]) -> None:
+        samples = [s for j in batch for s in j.samples]
+        mode, cap = batch[0].key
+        try:
+            emb = self.embedder.encode(samples, mode=mode, batch_size=self.max_batch, max_new_tokens=cap)
+        except Exception as e:  # noqa: BLE001 - handed to the request(s), never kills the lane
+            if len(batch) > 1:  # find the job at fault: each alone
+                for j in batch:
+                    self._run([j])
+            elif batch:
+                batch[0].future.set_exception(e)
+            return
+        start = 0
+        for j in batch:
+            rows = slice(start, start + len(j.samples))
+            start += len(j.samples)
+            j.future.set_result(take_rows(emb, rows))
+
+
+def take_rows(emb: Embeddings, rows: slice) -> Embeddings:
+    """Rows `rows` of an Embeddings (every per-row list sliced alike)."""
+    return Embeddings(
+        vectors=np.ascontiguousarray(emb.vectors[rows]),
+        mode=emb.mode,
+        **{
+            k: getattr(emb, k)[rows]
+            for k in ("texts", "gen_tokens", "gen_emb_found", "seconds", "reasoned", "actions")
+        },
+    )
+
+
+class Batcher:
+    """The lanes over one embedder (module docstring). `submit(job)` returns a Future of its Embeddings."""
+
+    def __init__(
+        self, embedder, *, max_batch=16, max_wait_s=0.005, max_queue=256, lanes="split", on_batch=None
+    ):
+        if lanes not in ("split", "shared"):
+            raise ValueError(f"lanes must be 'split' or 'shared', got {lanes!r}")
+        names = ("fast", "slow") if lanes == "split" else ("shared",)
+        self.lanes = {n: Lane(n, embedder, max_batch, max_wait_s, max_queue, on_batch) for n in names}
+
+    def lane_for(self, mode: str) -> Lane:
+        if "shared" in self.lanes:
+            return self.lanes["shared"]
+        return self.lanes["fast" if mode in FAST_MODES else "slow"]
+
+    def submit(self, job: Job) -> Future:
+        return self.lane_for(job.mode).submit(job)
+
+    def queued(self) -> dict[str, int]:
+        return {n: lane.queued for n, lane in self.lanes.items()}
+
+    def close(self) -> None:
+        for lane in self.lanes.values():
+            lane.close()

@@ -1,0 +1,368 @@
+"""The embeddings server (mmemb.serve): the real app in-process, the batcher's lanes, one real socket with the
+`openai` client. A tiny random Qwen2-VL stands in for the model (built offline in seconds)."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from mmemb import Embedder, Sample  # noqa: E402
+from mmemb.serve.app import ServeSettings, create_app  # noqa: E402
+from mmemb.serve.batcher import Batcher, Job, QueueFull  # noqa: E402
+from mmemb.serve.inputs import Limits  # noqa: E402
+from mmemb.testing.tiny_hf import build_tiny_hf  # noqa: E402
+
+from .conftest import write_image  # noqa: E402
+
+CAP = 4  # reasoning tokens in these tests (random weights never write <gen_emb>: every row hits the cap)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    return Embedder.from_pretrained(build_tiny_hf("qwen2_vl", tmp_path_factory.mktemp("qwen2_vl")))
+
+
+def make_client(embedder, **kw) -> TestClient:
+    limits = kw.pop("limits", Limits())
+    return TestClient(create_app(embedder, ServeSettings(model_name="tiny", limits=limits, **kw)))
+
+
+@pytest.fixture(scope="module")
+def client(tiny):
+    with make_client(tiny) as c:
+        yield c
+
+
+def png_b64(tmp_path, name="a.png", size=(40, 32), seed=0) -> tuple[str, object]:
+    path = write_image(tmp_path / name, size=size, seed=seed)
+    return base64.b64encode(path.read_bytes()).decode(), path
+
+
+def vectors(resp) -> np.ndarray:
+    assert resp.status_code == 200, resp.text
+    return np.array([d["embedding"] for d in resp.json()["data"]], dtype=np.float32)
+
+
+def test_openai_shape_and_same_vectors_as_encode(client, tiny):
+    texts = ["a red car", "two dogs on a beach", "x"]
+    r = client.post("/v1/embeddings", json={"model": "tiny", "input": texts})
+    body = r.json()
+    assert body["object"] == "list" and body["model"] == "tiny"
+    assert [d["index"] for d in body["data"]] == [0, 1, 2]
+    assert all(d["object"] == "embedding" and d["mode"] == "disc" and not d["reasoned"] for d in body["data"])
+    assert body["usage"]["prompt_tokens"] > 0
+    np.testing.assert_allclose(vectors(r), tiny.encode(texts, mode="disc").vectors, atol=1e-5)
+    one = client.post("/v1/embeddings", json={"input": "a red car"})  # a bare string, no model field
+    np.testing.assert_allclose(vectors(one)[0], vectors(r)[0], atol=1e-5)
+
+
+def test_base64_encoding_matches_floats(client):
+    f = vectors(client.post("/v1/embeddings", json={"input": ["a cat"]}))
+    r = client.post("/v1/embeddings", json={"input": ["a cat"], "encoding_format": "base64"})
+    b = np.frombuffer(base64.b64decode(r.json()["data"][0]["embedding"]), dtype="<f4")
+    np.testing.assert_array_equal(b, f[0])
+
+
+def test_multimodal_items_base64_and_data_url(client, tiny, tmp_path):
+    data, path = png_b64(tmp_path)
+    frames = [png_b64(tmp_path, f"f{i}.png", seed=i) for i in range(3)]
+    items = [
+        {"image": data, "text": "what is shown?", "instruction": "Represent the image"},
+        {"image": "data:image/png;base64," + data},
+        {"frames": [f[0] for f in frames]},
+    ]
+    got = vectors(client.post("/v1/embeddings", json={"input": items}))
+    want = tiny.encode(
+        [
+            Sample(id="0", image=path, text="what is shown?", instruction="Represent the image"),
+            Sample(id="1", image=path),
+            Sample(id="2", frames=tuple(f[1] for f in frames)),
+        ]
+    ).vectors
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_reasoning_modes_report_reasoning(client, tiny):
+    r = client.post(
+        "/v1/embeddings",
+        json={"input": ["a red car", "a dog"], "mode": "think", "max_new_tokens": CAP, "return_text": True},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    for d in body["data"]:
+        assert d["mode"] == "think" and d["reasoned"] and 0 < d["reasoning_tokens"] <= CAP + 1
+        assert d["text"].startswith("<think>")
+    assert body["usage"]["reasoning_tokens"] == sum(d["reasoning_tokens"] for d in body["data"])
+    want = tiny.encode(["a red car", "a dog"], mode="think", max_new_tokens=CAP).vectors
+    np.testing.assert_allclose(vectors(r), want, atol=1e-5)
+    a = client.post(
+        "/v1/embeddings", json={"input": ["a red car"], "mode": "adaptive", "max_new_tokens": CAP}
+    )
+    d = a.json()["data"][0]
+    assert (
+        "text" not in d and isinstance(d["reasoned"], bool) and (d["reasoning_tokens"] > 0) == d["reasoned"]
+    )
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        ({"input": ["ok", {"text": "x", "colour": "red"}]}, 400, ["input[1]", "colour"]),
+        ({"input": [[1, 2, 3]]}, 400, ["input[0]", "token ids"]),
+        ({"input": []}, 400, ["non-empty"]),
+        ({"inputs": "x"}, 400, ["inputs"]),
+        ({"input": "x", "mode": "fast"}, 400, ["mode", "disc"]),
+        ({"input": "x", "encoding_format": "int8"}, 400, ["encoding_format"]),
+        ({"input": "x", "dimensions": 3}, 400, ["dimensions"]),
+        ({"input": "x", "model": "gpt-4"}, 404, ["gpt-4", "tiny"]),
+        ({"input": ["ok", {"image": "not base64!"}]}, 400, ["input[1].image", "base64"]),
+        ({"input": [{"image": "data:image/png,abc"}]}, 400, ["input[0].image", "data URL"]),
+        ({"input": [{"image": "aGVsbG8="}]}, 400, ["input[0].image", "not an image"]),  # base64 of "hello"
+        ({"input": [{"image": "https://example.com/a.png"}]}, 400, ["not fetched"]),
+        ({"input": [{"image": "file:///etc/passwd"}]}, 400, ["input[0].image", "refused"]),
+        ({"input": [{}]}, 400, ["input[0]", "empty"]),
+        ({"input": ["x"] * 300}, 413, ["300", "256"]),
+        ({"input": "x" * 20_001}, 413, ["input[0].text", "20000"]),
+    ],
+)
+def test_bad_requests_are_clear_errors(client, body, status, words):
+    r = client.post("/v1/embeddings", json=body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error"
+    for w in words:
+        assert w in err["message"], (w, err["message"])
+
+
+def test_malformed_json_and_oversized_body(tiny, client, tmp_path):
+    r = client.post("/v1/embeddings", content=b'{"input": ["a"', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    with make_client(tiny, max_body_bytes=1000) as small:
+        r = small.post("/v1/embeddings", json={"input": "x" * 2000})
+        assert r.status_code == 413 and "over the limit of 1,000 bytes" in r.json()["error"]["message"]
+        chunked = (
+            b'{"input": "' + b"x" * 500,
+            b"x" * 600 + b'"}',
+        )  # no Content-Length: counted as it streams
+        r = small.post("/v1/embeddings", content=iter(chunked))
+        assert r.status_code == 413 and "over the limit of 1,000 bytes" in r.json()["error"]["message"]
+    big, _ = png_b64(tmp_path, "big.png", size=(300, 200))
+    with make_client(tiny, limits=Limits(max_image_pixels=10_000)) as strict:
+        r = strict.post("/v1/embeddings", json={"input": ["fine", {"image": big}]})
+        assert r.status_code == 400
+        msg = r.json()["error"]["message"]
+        assert "input[1].image" in msg and "300x200" in msg and "10,000" in msg
+        assert strict.post("/v1/embeddings", json={"input": "fine"}).status_code == 200  # the server goes on
+
+
+def test_file_paths_only_under_the_allowed_root(tiny, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    inside = write_image(root / "in.png")
+    outside = write_image(tmp_path / "out.png")
+    (root / "link.png").symlink_to(outside)
+    with make_client(tiny, limits=Limits(allow_path_root=root)) as c:
+        ok = c.post("/v1/embeddings", json={"input": [{"image": f"file://{inside}"}]})
+        np.testing.assert_allclose(vectors(ok), tiny.encode([Sample(image=inside)]).vectors, atol=1e-5)
+        for path in (outside, root / ".." / "out.png", root / "link.png"):
+            r = c.post("/v1/embeddings", json={"input": [{"image": f"file://{path}"}]})
+            assert r.status_code == 400 and "outside the allowed root" in r.json()["error"]["message"], path
+
+
+def test_api_key(tiny):
+    with make_client(tiny, api_key="s3cret") as c:
+        assert c.post("/v1/embeddings", json={"input": "x"}).status_code == 401
+        bad = {"Authorization": "Bearer nope"}
+        assert c.post("/v1/embeddings", json={"input": "x"}, headers=bad).status_code == 401
+        assert c.get("/metrics").status_code == 401
+        good = {"Authorization": "Bearer s3cret"}
+        assert c.post("/v1/embeddings", json={"input": "x"}, headers=good).status_code == 200
+        assert c.get("/v1/models", headers=good).json()["data"][0]["id"] == "tiny"
+        assert c.get("/health").json()["status"] == "ok"  # liveness needs no key
+
+
+def test_full_queue_is_429_with_retry_after(tiny):
+    with make_client(tiny, max_queue=0) as c:
+        r = c.post("/v1/embeddings", json={"input": "x"})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert "queue is full" in r.json()["error"]["message"]
+        metrics = c.get("/metrics").text
+        assert 'mmemb_requests_total{mode="disc",status="429"} 1.0' in metrics
+
+
+def test_metrics_count_requests_items_and_batches(tiny):
+    with make_client(tiny) as c:
+        c.post("/v1/embeddings", json={"input": ["a", "b", "c"]})
+        c.post("/v1/embeddings", json={"input": ["a"], "mode": "think", "max_new_tokens": CAP})
+        c.post("/v1/embeddings", json={"input": ["a"], "mode": "nope"})
+        m = c.get("/metrics").text
+    assert 'mmemb_requests_total{mode="disc",status="200"} 1.0' in m
+    assert 'mmemb_requests_total{mode="think",status="200"} 1.0' in m
+    assert 'mmemb_requests_total{mode="nope",status="400"} 1.0' in m
+    assert 'mmemb_items_total{mode="disc",reasoned="false"} 3.0' in m
+    assert 'mmemb_items_total{mode="think",reasoned="true"} 1.0' in m
+    assert 'mmemb_batch_items_count{lane="fast"} 1.0' in m and 'mmemb_batch_items_count{lane="slow"} 1.0' in m
+    assert 'mmemb_queue_items{lane="fast"} 0.0' in m
+
+
+# ---- the batcher ------------------------------------------------------------------------------------
+class Gated:
+    """The embedder, but encode() in the gated modes waits for `open` (a generation that takes long)."""
+
+    def __init__(self, inner, modes=("think", "gen", "adaptive")):
+        self.inner, self.modes, self.open, self.calls = inner, modes, threading.Event(), []
+
+    def encode(self, samples, mode="disc", **kw):
+        self.calls.append((mode, len(samples)))
+        if mode in self.modes:
+            assert self.open.wait(30)
+        return self.inner.encode(samples, mode=mode, **kw)
+
+
+def test_split_lanes_keep_disc_off_the_generation_path(tiny):
+    for lanes, disc_waits in (("split", False), ("shared", True)):
+        gated = Gated(tiny)
+        b = Batcher(gated, max_batch=4, max_wait_s=0.001, lanes=lanes)
+        slow = b.submit(Job([Sample(text="long reasoning")], "think", CAP))
+        time.sleep(0.05)
+        fast = b.submit(Job([Sample(text="quick")], "disc"))
+        if disc_waits:
+            time.sleep(0.5)
+            assert not fast.done()  # head-of-line blocking: the baseline the split removes
+        else:
+            assert fast.result(timeout=30).vectors.shape[0] == 1 and not slow.done()
+        gated.open.set()
+        assert slow.result(timeout=30).reasoned == [True]
+        assert fast.result(timeout=30).mode == "disc"
+        b.close()
+
+
+def test_batches_merge_requests_and_split_rows_back(tiny):
+    gated = Gated(tiny, modes=("disc",))
+    b = Batcher(gated, max_batch=8, max_wait_s=0.001)
+    first = b.submit(Job([Sample(text="t0")], "disc"))  # takes the lane; the rest queue behind it
+    time.sleep(0.05)
+    texts = [[f"q{i}", f"r{i}"] for i in range(3)]
+    futures = [b.submit(Job([Sample(text=t) for t in pair], "disc")) for pair in texts]
+    gated.open.set()
+    first.result(timeout=30)
+    for pair, f in zip(texts, futures, strict=True):
+        np.testing.assert_allclose(f.result(timeout=30).vectors, tiny.encode(pair).vectors, atol=1e-5)
+    assert gated.calls == [("disc", 1), ("disc", 6)]  # the three queued requests went as one batch
+    b.close()
+
+
+def test_a_bad_item_fails_its_own_request_only(tiny, tmp_path):
+    gated = Gated(tiny, modes=("disc",))
+    b = Batcher(gated, max_batch=8, max_wait_s=0.001)
+    block = b.submit(Job([Sample(text="t0")], "disc"))
+    time.sleep(0.05)
+    img = write_image(tmp_path / "gone.png")
+    good = b.submit(Job([Sample(text="fine")], "disc"))
+    bad = b.submit(Job([Sample(image=img)], "disc"))
+    img.unlink()  # the file vanishes before the batch runs: the backbone raises for that item
+    gated.open.set()
+    block.result(timeout=30)
+    assert good.result(timeout=30).vectors.shape == (1, tiny.encode(["x"]).vectors.shape[1])
+    with pytest.raises(Exception, match="not found"):
+        bad.result(timeout=30)
+    assert b.submit(Job([Sample(text="after")], "disc")).result(timeout=30).vectors.shape[0] == 1
+    b.close()
+
+
+def test_queue_bound(tiny):
+    gated = Gated(tiny, modes=("disc",))
+    b = Batcher(gated, max_batch=2, max_wait_s=0.001, max_queue=3)
+    b.submit(Job([Sample(text="running")], "disc"))
+    time.sleep(0.05)
+    b.submit(Job([Sample(text="a"), Sample(text="b")], "disc"))
+    b.submit(Job([Sample(text="c")], "disc"))
+    with pytest.raises(QueueFull) as e:
+        b.submit(Job([Sample(text="d")], "disc"))
+    assert e.value.retry_after >= 1
+    gated.open.set()
+    b.close()
+
+
+# ---- a real socket ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(tiny):
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(tiny, ServeSettings(model_name="tiny", max_wait_ms=20))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    t.join(timeout=30)
+
+
+def test_concurrent_clients_over_a_socket(server, tiny):
+    import httpx
+
+    texts = [f"query number {i}" for i in range(12)]
+
+    def one(i: int) -> tuple[int, np.ndarray, list]:
+        mode = "think" if i % 4 == 0 else "disc"
+        body = {"input": [texts[i]], "mode": mode, "max_new_tokens": CAP}
+        r = httpx.post(server + "/v1/embeddings", json=body, timeout=60)
+        return i, vectors(r)[0], r.json()["data"][0]["reasoned"]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(len(texts))))
+    disc = tiny.encode(texts, mode="disc").vectors
+    think = tiny.encode(texts, mode="think", max_new_tokens=CAP).vectors
+    for i, v, reasoned in results:
+        np.testing.assert_allclose(v, think[i] if i % 4 == 0 else disc[i], atol=1e-5)
+        assert reasoned == (i % 4 == 0)
+    m = httpx.get(server + "/metrics").text
+    assert "mmemb_batch_items_bucket" in m
+
+
+def test_openai_client(server, tiny):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server + "/v1", api_key="unused")
+    out = client.embeddings.create(model="tiny", input=["a red car", "a dog"])  # base64 on the wire
+    got = np.array([d.embedding for d in out.data], dtype=np.float32)
+    np.testing.assert_allclose(got, tiny.encode(["a red car", "a dog"]).vectors, atol=1e-5)
+    gen = client.embeddings.create(
+        model="tiny", input="a cat", extra_body={"mode": "think", "max_new_tokens": CAP}
+    )
+    assert gen.data[0].model_extra["reasoned"] is True
+    with pytest.raises(openai.BadRequestError, match="mode"):
+        client.embeddings.create(model="tiny", input="a cat", extra_body={"mode": "fast"})
+
+
+def test_cli_refuses_bad_flags(capsys):
+    from mmemb.cli import main
+
+    assert main(["serve", "--max-batch", "0"]) == 2
+    assert "--max-batch 0" in capsys.readouterr().err
+
+
+def test_a_prompt_over_the_context_is_a_400_naming_the_item(client):
+    r = client.post("/v1/embeddings", json={"input": ["fine", "word " * 3000]})
+    assert r.status_code == 400, r.text
+    msg = r.json()["error"]["message"]
+    assert msg.startswith("input[1]: prompt is") and "context limit" in msg
+    assert client.post("/v1/embeddings", json={"input": "fine"}).status_code == 200
