@@ -210,7 +210,7 @@ def test_metrics_count_requests_items_and_batches(tiny):
         m = c.get("/metrics").text
     assert 'mmemb_requests_total{mode="disc",status="200"} 1.0' in m
     assert 'mmemb_requests_total{mode="think",status="200"} 1.0' in m
-    assert 'mmemb_requests_total{mode="nope",status="400"} 1.0' in m
+    assert 'mmemb_requests_total{mode="invalid",status="400"} 1.0' in m
     assert 'mmemb_items_total{mode="disc",reasoned="false"} 3.0' in m
     assert 'mmemb_items_total{mode="think",reasoned="true"} 1.0' in m
     assert 'mmemb_batch_items_count{lane="fast"} 1.0' in m and 'mmemb_batch_items_count{lane="slow"} 1.0' in m

@@ -39,7 +39,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from ..types import InputError
+from ..types import MODES, InputError
 from .batcher import Batcher, Job, QueueFull
 from .inputs import Limits, RequestError, parse_request
 
@@ -95,6 +95,9 @@ def create_app(embedder, settings: ServeSettings):
         body = {"error": {"message": message, "type": kind, "code": code}}
         return JSONResponse(body, status_code=status, headers=headers)
 
+    def unauthorized() -> JSONResponse:
+        return error(401, "missing or wrong API key (send Authorization: Bearer <key>)", "unauthorized")
+
     def authorized(request: Request) -> bool:
         if not settings.api_key:
             return True
@@ -122,15 +125,13 @@ def create_app(embedder, settings: ServeSettings):
         try:
             if not authorized(request):
                 status = 401
-                return error(
-                    401, "missing or wrong API key (send Authorization: Bearer <key>)", "unauthorized"
-                )
+                return unauthorized()
             try:
                 body = json.loads(await read_body(request))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise RequestError(400, f"the body is not valid JSON ({e})") from None
             mode = body.get("mode", settings.mode) if isinstance(body, dict) else mode
-            mode = mode if isinstance(mode, str) and len(mode) < 16 else "unknown"
+            mode = mode if mode in MODES else "invalid"  # a metrics label: never the user's free text
             model = body.get("model") if isinstance(body, dict) else None
             if model not in (None, settings.model_name):
                 raise RequestError(404, f"model {model!r} is not served here; this server serves "
@@ -193,7 +194,7 @@ def create_app(embedder, settings: ServeSettings):
     @app.get("/v1/models")
     async def models(request: Request):
         if not authorized(request):
-            return error(401, "missing or wrong API key (send Authorization: Bearer <key>)", "unauthorized")
+            return unauthorized()
         return {
             "object": "list",
             "data": [{"id": settings.model_name, "object": "model", "owned_by": "mmemb"}],
@@ -206,7 +207,7 @@ def create_app(embedder, settings: ServeSettings):
     @app.get("/metrics")
     async def metrics(request: Request):
         if not authorized(request):
-            return error(401, "missing or wrong API key (send Authorization: Bearer <key>)", "unauthorized")
+            return unauthorized()
         return Response(generate_latest(reg), media_type=CONTENT_TYPE_LATEST)
 
     return app
