@@ -60,7 +60,8 @@ class Lane:
         self.jobs: deque[Job] = deque()
         self.queued = 0  # items in self.jobs
         self.busy = 0  # items being encoded now
-        self.item_seconds = 0.05  # running mean of seconds per item (for Retry-After)
+        self.started = 0.0  # when the running batch started
+        self.item_seconds = 0.05  # running mean of seconds per item; Retry-After = this x items ahead
         self.cond = threading.Condition()
         self.closed = False
         self.thread = threading.Thread(target=self._loop, name=f"mmemb-lane-{name}", daemon=True)
@@ -71,7 +72,8 @@ class Lane:
             if self.closed:
                 raise RuntimeError("the server is shutting down")
             if self.queued + len(job.samples) > self.max_queue:
-                wait = (self.queued + self.busy) * self.item_seconds
+                running = (time.monotonic() - self.started) / self.busy if self.busy else 0.0
+                wait = (self.queued + self.busy) * max(self.item_seconds, running)
                 raise QueueFull(self.name, self.queued, max(1, math.ceil(wait)))
             self.jobs.append(job)
             self.queued += len(job.samples)
@@ -104,7 +106,7 @@ class Lane:
                 n += len(j.samples)
                 self.jobs.remove(j)
         self.queued -= n
-        self.busy = n
+        self.busy, self.started = n, time.monotonic()
         # a job whose request went away (client disconnected) is dropped; the others can no longer be cancelled
         return [j for j in batch if j.future.set_running_or_notify_cancel()]
 
