@@ -13,7 +13,8 @@ per request, cycled. Four parts, in one run:
    requests, with `--lanes split` (the default) against `--lanes shared`, side by side; the ratio is the
    figure (same machine, same minute);
 3. soak: `--soak-s` seconds of mixed disc / adaptive load at 4 clients; the server's resident memory is
-   sampled every 5 s; reported: RSS after warm-up, at the end, and the growth;
+   sampled every 5 s; reported: the mean RSS of the first and of the last third of the samples, their
+   difference, and the range;
 4. overload: a server with `--max-queue 8` under 32 clients sending 4-item think requests for `--overload-s` (20) s; every
    answer must be 200 or 429 (with Retry-After), never an error, and /health must answer afterwards.
 
@@ -185,13 +186,15 @@ def main() -> None:
             )
         stop.set()
         sampler.join()
-        warm = rss[min(2, len(rss) - 1)] if rss else float("nan")
+        third = max(1, len(rss) // 3)  # RSS swings by tens of MB between samples: compare means, not ends
+        first, last = statistics.fmean(rss[:third]), statistics.fmean(rss[-third:])
         res["soak"] = {
             "seconds": args.soak_s,
             "runs": soak,
-            "rss_mb_after_warmup": warm,
-            "rss_mb_end": rss[-1] if rss else None,
-            "rss_growth_mb": round(rss[-1] - warm, 1) if rss else None,
+            "rss_mb_first_third_mean": round(first, 1),
+            "rss_mb_last_third_mean": round(last, 1),
+            "rss_growth_mb": round(last - first, 1),
+            "rss_mb_min_max": [min(rss), max(rss)],
             "rss_samples_mb": rss,
         }
         say(json.dumps({k: v for k, v in res["soak"].items() if k != "rss_samples_mb"}))
@@ -232,7 +235,7 @@ def main() -> None:
                         r = http.post(srv.url + "/v1/embeddings", json=body)
                         code = r.status_code
                         if code == 429:
-                            retry.add(r.headers.get("retry-after"))
+                            retry.add(int(r.headers["retry-after"]))
                     except httpx.HTTPError as e:
                         code = type(e).__name__
                     with lock:
@@ -246,7 +249,7 @@ def main() -> None:
             "seconds": args.overload_s,
             "max_queue": 8,
             "codes": codes,
-            "retry_after_values": sorted(str(x) for x in retry),
+            "retry_after_s_min_max": [min(retry), max(retry)] if retry else None,
             "only_200_or_429": set(codes) <= {"200", "429"},
             "healthy_after": healthy,
         }

@@ -11,7 +11,7 @@ import pytest
 
 from mmemb.cli import main
 from mmemb.embedder import PRETRAINED, Embedder
-from mmemb.reproduce import ALL_STAGES, VARIANTS
+from mmemb.reproduce import ALL_STAGES, VARIANTS, Recipe, Study
 
 from .test_data_mini import needs_data
 
@@ -115,11 +115,13 @@ def test_other_settings_in_the_same_folder_are_refused(study, monkeypatch, capsy
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (PRETRAINED["nano-r1"] / "RECIPE.json").is_file(), reason="nano-r1 not shipped yet")
-def test_the_shipped_nano_r1_loads_to_the_recorded_model():
+def test_the_shipped_nano_r1_loads_to_the_recorded_model(tmp_path):
     recipe = json.loads((PRETRAINED["nano-r1"] / "RECIPE.json").read_text())
     model = Embedder.from_pretrained("nano-r1")
     assert model.fingerprint() == recipe["fingerprint"]
     assert model.policy_fingerprint() == recipe["policy_fingerprint"]
     assert recipe["command"] == "mmemb reproduce" and model.config.policy.trained
+    eval_only = Study(tmp_path, Recipe(model="nano-r1"), eval_only=True, log=False)
+    assert eval_only.models() == {"model": PRETRAINED["nano-r1"]}  # the report finds the recorded results
     size = sum(f.stat().st_size for f in PRETRAINED["nano-r1"].iterdir())
     assert size < 5e6  # small trained parts only: never the base weights

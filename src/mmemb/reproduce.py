@@ -217,8 +217,10 @@ class Study:
 
     def models(self) -> dict[str, Path]:
         """The evaluated models: the policy model (the method) and the other stage-1 variants."""
-        if self.eval_only:
-            return {"model": Path(self.recipe.model)}
+        if self.eval_only:  # a shipped name (nano-r1) resolves to its folder, where results.json was recorded
+            from .embedder import PRETRAINED
+
+            return {"model": PRETRAINED.get(self.recipe.model, Path(self.recipe.model))}
         return {"selected": self.out / "policy" / "final"} | {
             v: self.out / f"stage1-{v}" / "final" for v in VARIANTS if v != "selected"
         }
@@ -328,8 +330,9 @@ class Study:
             if (s / "DONE.json").is_file()
         }
         results["mmemb_commit"] = self.started_at()
-        if self.eval_only and (Path(self.models()["model"]) / "results.json").is_file():
-            results["recorded"] = json.loads((Path(self.models()["model"]) / "results.json").read_text())
+        recorded = self.models()["model"] / "results.json" if self.eval_only else None
+        if recorded is not None and recorded.is_file():
+            results["recorded"] = json.loads(recorded.read_text())
         text = format_results(results)
         _write(self.out / "results.json", json.dumps(results, indent=2) + "\n")
         _write(self.out / "report.md", text + "\n")
@@ -450,7 +453,7 @@ def format_results(res: dict) -> str:
         lines += ["", "Against the numbers recorded with the weights (their `mmemb reproduce` run):", ""]
         data, rec_data = res.get("data") or {}, res["recorded"].get("data") or {}
         same_data = data.get("content_hash") == rec_data.get("content_hash")
-        lines.append(f"- data: mmeb-mini {data.get('version')}, content hash {data.get('content_hash')} "
+        lines.append(f"- data: {data.get('version')}, content hash {data.get('content_hash')} "
                      f"({'the recorded build' if same_data else 'DIFFERENT from the recorded build'})")  # fmt: skip
         for run, r in main.items():
             if run in recorded:
