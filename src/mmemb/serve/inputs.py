@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,8 +163,9 @@ def media_file(value: str, who: str, limits: Limits, media_dir: Path) -> Path:
             raise RequestError(
                 400, f"{who}: not valid base64 (send base64 image bytes or a data URL)"
             ) from None
-        real = media_dir / f"{len(list(media_dir.iterdir()))}.img"
-        real.write_bytes(raw)
+        with tempfile.NamedTemporaryFile(dir=media_dir, suffix=".img", delete=False) as f:
+            f.write(raw)
+        real = Path(f.name)
     try:
         load_image(real, max_pixels=limits.max_image_pixels)
     except InputError as e:
