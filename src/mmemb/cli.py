@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-only", action="store_true", help="evaluate --model only (no training)")
     p.add_argument("--model", help="eval-only: the model to evaluate (default nano-r1, the shipped weights)")
     p.add_argument("--tiny", action="store_true", help="tiny random Qwen2-VL and a 5%% mmeb-mini build (CI)")
-    p.add_argument("--limit", type=int, help="test queries per task (default 50; 0: all)")
+    p.add_argument("--limit", type=int, help="test queries per task (default 30; 0: all)")
     p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("serve", help=COMMANDS["serve"], description=COMMANDS["serve"] + " The API key, if any, "
                        "is read from the MMEMB_API_KEY environment variable (not a flag: flags show in `ps`).")  # fmt: skip
