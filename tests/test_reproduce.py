@@ -125,3 +125,9 @@ def test_the_shipped_nano_r1_loads_to_the_recorded_model(tmp_path):
     assert eval_only.models() == {"model": PRETRAINED["nano-r1"]}  # the report finds the recorded results
     size = sum(f.stat().st_size for f in PRETRAINED["nano-r1"].iterdir())
     assert size < 5e6  # small trained parts only: never the base weights
+
+
+def test_the_default_build_is_recorded_by_name_not_by_cache_path(tmp_path):
+    study = Study(tmp_path, Recipe(), log=False)
+    assert study.stage1_config("selected").data.source == "mmeb-mini"
+    assert study.policy_config().data.source == "mmeb-mini"  # what `policy.trained` records in the model

@@ -370,3 +370,18 @@ def test_a_prompt_over_the_context_is_a_400_naming_the_item(client):
     msg = r.json()["error"]["message"]
     assert msg.startswith("input[1]: prompt is") and "context limit" in msg
     assert client.post("/v1/embeddings", json={"input": "fine"}).status_code == 200
+
+
+def test_a_request_that_went_away_is_dropped_and_the_lane_goes_on(tiny):
+    gated = Gated(tiny, modes=("disc",))
+    b = Batcher(gated, max_batch=8, max_wait_s=0.001)
+    b.submit(Job([Sample(text="running")], "disc"))
+    time.sleep(0.05)
+    gone = b.submit(Job([Sample(text="a"), Sample(text="b")], "disc"))
+    assert gone.cancel()  # the client disconnected while it waited
+    gated.open.set()
+    after = b.submit(Job([Sample(text="after")], "disc")).result(timeout=30)
+    assert after.vectors.shape[0] == 1 and ("disc", 2) not in gated.calls
+    lane = b.lanes["fast"]
+    b.close()  # waits for the worker: its bookkeeping is final
+    assert lane.queued == 0 and lane.busy == 0

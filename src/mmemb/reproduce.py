@@ -143,6 +143,12 @@ class Study:
 
         return mini_root()
 
+    @property
+    def data_source(self) -> str:
+        """`data.source` for the training stages: the name when it is the default build, so trained models
+        record "mmeb-mini" rather than this machine's cache path."""
+        return self.recipe.data_root or "mmeb-mini"
+
     def done(self, stage: str) -> dict | None:
         f = self.out / stage / "DONE.json"
         return json.loads(f.read_text()) if f.is_file() else None
@@ -188,7 +194,7 @@ class Study:
             None,
             [
                 f"model.init={self.recipe.model}",
-                f"data.source={self.data_root}",
+                f"data.source={self.data_source}",
                 f"data.limit_per_task={self.recipe.pairs_per_task}",
                 f"data.variant={'selected' if variant == 'absolute' else variant}",
                 f"data.selection={self.out / sel / 'selection.jsonl'}",
@@ -205,7 +211,7 @@ class Study:
             None,
             [
                 f"model.init={self.out / 'stage1-selected' / 'final'}",
-                f"data.source={self.data_root}",
+                f"data.source={self.data_source}",
                 f"data.limit_per_task={self.recipe.pairs_per_task}",
                 f"data.selection={self.out / 'select' / 'selection.jsonl'}",
                 f"policy.budgets=[0,{self.recipe.budget}]",

@@ -99,16 +99,18 @@ class Lane:
             if ready >= self.max_batch or left <= 0:
                 break
             self.cond.wait(left)
-        batch, n = [], 0
-        for j in list(self.jobs):
+        batch, rest, n = [], deque(), 0
+        for j in self.jobs:
             if j.key == first.key and (n == 0 or n + len(j.samples) <= self.max_batch):
                 batch.append(j)
                 n += len(j.samples)
-                self.jobs.remove(j)
-        self.queued -= n
-        self.busy, self.started = n, time.monotonic()
+            else:
+                rest.append(j)
+        self.jobs, self.queued = rest, self.queued - n
         # a job whose request went away (client disconnected) is dropped; the others can no longer be cancelled
-        return [j for j in batch if j.future.set_running_or_notify_cancel()]
+        batch = [j for j in batch if j.future.set_running_or_notify_cancel()]
+        self.busy, self.started = sum(len(j.samples) for j in batch), time.monotonic()
+        return batch
 
     def _loop(self) -> None:
         while True:
