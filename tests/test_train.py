@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -218,33 +219,31 @@ train_stage1(load_train_config(None, sys.argv[4:] + [f"run.output={out}"]), log=
 """
 
 
-def test_two_process_ddp_equals_one_process_with_the_global_batch(world, tmp_path):
-    """2 CPU processes (gloo) x batch 4 == 1 process x batch 8: the same global batches, negatives gathered
-    across processes, gradients averaged by DDP. (LM off: its token mean is taken per process.)"""
+def launch_two(world_args: list[str], out: Path) -> None:
+    """Train with 2 CPU processes (gloo); skip the test where this machine cannot open the sockets."""
     from .test_losses import _free_port
 
-    common = [f"model.init={world['tiny']}", f"data.source={world['toy']}", "data.variant=none",
-              "batch.chunk=2", "run.max_steps=3", "run.save_every=3", "run.tensorboard=false", "loss.lm=0",
-              "loss.cross_mode=0.3", "batch.accumulation=2"]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     port = str(_free_port())
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", DDP_RANK, str(r), port, str(tmp_path / "ddp"), *common, "batch.size=4"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
+        subprocess.Popen([sys.executable, "-c", DDP_RANK, str(r), port, str(out), *world_args],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         for r in range(2)
     ]
     errs = [p.communicate(timeout=300)[1].decode() for p in procs]
-    if (
-        any(p.returncode for p in procs)
-        and "gloo" in "".join(errs).lower()
-        and "connect" in "".join(errs).lower()
-    ):
+    joined = "".join(errs).lower()
+    if any(p.returncode for p in procs) and "gloo" in joined and "connect" in joined:
         pytest.skip(f"could not start 2 gloo processes here: {errs[0][-300:]}")
     assert all(p.returncode == 0 for p in procs), errs[0][-1500:] + errs[1][-1500:]
+
+
+def test_two_process_ddp_equals_one_process_with_the_global_batch(world, tmp_path):
+    """2 CPU processes (gloo) x batch 4 == 1 process x batch 8: the same global batches, negatives gathered
+    across processes, gradients averaged by DDP. (LM off: its token mean is taken per process.)"""
+    common = [f"model.init={world['tiny']}", f"data.source={world['toy']}", "data.variant=none",
+              "batch.chunk=2", "run.max_steps=3", "run.save_every=3", "run.tensorboard=false", "loss.lm=0",
+              "loss.cross_mode=0.3", "batch.accumulation=2"]  # fmt: skip
+    launch_two([*common, "batch.size=4"], tmp_path / "ddp")
     single = train_stage1(
         load_train_config(None, [*common, "batch.size=8", f"run.output={tmp_path / 'one'}"])
     )
@@ -253,3 +252,50 @@ def test_two_process_ddp_equals_one_process_with_the_global_batch(world, tmp_pat
     start = load_file(str(Path(world["tiny"]) / "model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     assert max((a[k] - start[k]).abs().max().item() for k in a if k in start) > 1e-2  # training moved them
+
+
+SHARDED = ["data.variant=none", "batch.chunk=2", "run.max_steps=3", "run.save_every=2", "run.keep_checkpoints=3",
+           "run.tensorboard=false", "loss.lm=0", "loss.cross_mode=0.3", "batch.accumulation=2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def one_process(world, tmp_path_factory):
+    """The reference: 1 process, global batch 8, checkpoints at steps 2 and 3."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    args = [f"model.init={world['tiny']}", f"data.source={world['toy']}", *SHARDED, "batch.size=8"]
+    train_stage1(load_train_config(None, [*args, f"run.output={out}"]), log=False)
+    return out
+
+
+def assert_same_checkpoint(a: Path, b: Path) -> None:
+    """Whole trainable weights equal; AdamW moments equal relative to their size; the same keys in both."""
+    for name, rel in (("trainable", False), ("optimizer", True)):
+        x, y = load_file(str(a / f"{name}.safetensors")), load_file(str(b / f"{name}.safetensors"))
+        assert set(x) == set(y), f"{name}: {sorted(set(x) ^ set(y))[:4]}"
+        for k in x:
+            assert x[k].shape == y[k].shape, k
+            scale = y[k].float().abs().max().item() if rel else 1.0
+            assert (x[k].float() - y[k].float()).abs().max().item() <= 1e-5 * max(scale, 1e-12), (name, k)
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
+def test_sharded_training_equals_one_process_and_checkpoints_move_between_strategies(
+    world, tmp_path, one_process, strategy
+):
+    """2 processes sharding the model (FSDP2, or ZeRO-2) x batch 4 == 1 process x batch 8: the gathered
+    checkpoints (weights and AdamW moments) and the final model. Then a sharded run resumed from the 1-process
+    step-2 checkpoint reaches the same step-3 checkpoint: checkpoints do not depend on the strategy."""
+    pytest.importorskip("deepspeed") if strategy == "deepspeed" else None
+    args = [f"model.init={world['tiny']}", f"data.source={world['toy']}", *SHARDED, "batch.size=4",
+            f"run.strategy={strategy}"]  # fmt: skip
+    fresh, resumed = tmp_path / "fresh", tmp_path / "resumed"
+    launch_two(args, fresh)
+    for step in ("step-000002", "step-000003"):
+        assert_same_checkpoint(fresh / "checkpoints" / step, one_process / "checkpoints" / step)
+    a = load_file(str(fresh / "final" / "backbone" / "model.safetensors"))
+    b = load_file(str(one_process / "final" / "backbone" / "model.safetensors"))
+    assert set(a) == set(b) and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+    shutil.copytree(one_process / "checkpoints" / "step-000002", resumed / "checkpoints" / "step-000002")
+    launch_two(args, resumed)
+    assert_same_checkpoint(resumed / "checkpoints" / "step-000003", one_process / "checkpoints" / "step-000003")

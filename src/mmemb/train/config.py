@@ -20,6 +20,7 @@ from ..config import BackboneConfig, _f, from_dict
 from ..types import InputError
 
 VARIANTS = ("none", "all", "selected")
+STRATEGIES = ("ddp", "fsdp", "deepspeed")
 
 
 class _Loader(yaml.SafeLoader):
@@ -111,6 +112,15 @@ class RunSection:
     seed: int = _f(0, "Seed for data order, dropout and sampling.")
     mixed_precision: str = _f("no", "accelerate mixed precision: no | bf16 | fp16.")
     tensorboard: bool = _f(True, "Write TensorBoard scalars under output/tensorboard.")
+    strategy: str = _f(
+        "ddp",
+        "How processes share the model: 'ddp' (one process, or data-parallel replicas), 'fsdp' (parameters, "
+        "gradients and optimizer moments sharded with torch FSDP2), 'deepspeed' (ZeRO, per run.deepspeed_config).",
+    )
+    deepspeed_config: str = _f(
+        "", "DeepSpeed JSON config for run.strategy=deepspeed (empty: ZeRO stage 2); batch and precision come "
+        "from this config's batch and run sections.",
+    )
 
 
 class _Tree:
@@ -226,6 +236,13 @@ def check(cfg: TrainConfig, where: str = "config") -> TrainConfig:
         )
     if cfg.loss.temperature <= 0:
         raise InputError(f"{where}: loss.temperature must be > 0")
+    if cfg.run.strategy not in STRATEGIES:
+        raise InputError(f"{where}: run.strategy {cfg.run.strategy!r}: choose one of {list(STRATEGIES)}")
+    if cfg.run.deepspeed_config and cfg.run.strategy != "deepspeed":
+        raise InputError(f"{where}: run.deepspeed_config is set but run.strategy is {cfg.run.strategy!r}; "
+                         "set run.strategy=deepspeed")  # fmt: skip
+    if cfg.run.strategy != "ddp" and cfg.run.mixed_precision == "fp16":
+        raise InputError(f"{where}: run.mixed_precision fp16 is supported with run.strategy=ddp only; use bf16")
     return cfg
 
 

@@ -19,6 +19,7 @@ resumes from its newest checkpoint to exactly the weights an uninterrupted run r
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from contextlib import nullcontext
@@ -32,6 +33,7 @@ from ..losses import full_batch_backward, gradcache_backward, info_nce
 from ..types import InputError
 from .config import TrainConfig, load_train_config, save_train_config
 from .data import BatchOrder, Example, build_examples, read_training_pairs
+from .parallel import make_strategy, trainable
 from .state import latest_checkpoint, load_checkpoint, save_checkpoint
 
 LOSS_TERMS = ("disc", "gen", "cross", "lm")
@@ -155,6 +157,33 @@ def batch_backward(
     return out
 
 
+def check_resumable(ckpt: Path, cfg: TrainConfig, processes: int) -> None:
+    """A run resumes with the config it was started with. The batch may be split over another number of
+    processes (and chunked differently): the global batch and the accumulation must stay."""
+    saved = load_train_config(ckpt / "config.yaml")
+    for section in ("model", "data", "loss", "optim"):
+        if getattr(saved, section) != getattr(cfg, section):
+            raise InputError(f"{ckpt.parent.parent}: holds a run with another {section!r} config "
+                             f"({ckpt}/config.yaml); use a new run.output, or the same config to resume")  # fmt: skip
+    was = json.loads((ckpt / "state.json").read_text()).get("processes", processes)
+    if (saved.batch.size * was, saved.batch.accumulation) != (cfg.batch.size * processes, cfg.batch.accumulation):
+        raise InputError(
+            f"{ckpt}: trained with batch.size {saved.batch.size} x {was} process(es) x accumulation "
+            f"{saved.batch.accumulation}; here batch.size {cfg.batch.size} x {processes} x "
+            f"{cfg.batch.accumulation}: keep the global batch (size x processes) and the accumulation to resume"
+        )
+
+
+def build_embedder(cfg: TrainConfig) -> Embedder:
+    """The model training starts from (the same on every rank: built after seeding)."""
+    overrides = {k: v for k, v in vars(cfg.model.backbone).items() if k not in ("kind", "source")}
+    embedder = Embedder.from_pretrained(cfg.model.init, **overrides)
+    if cfg.loss.cross_mode > 0 and ["gen", "disc"] not in embedder.config.valid_mode_pairs:
+        embedder.config.valid_mode_pairs.append(["gen", "disc"])  # the output model's config: spaces shared
+    embedder.backbone.configure_trainable()
+    return embedder
+
+
 def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
     """Train and write `run.output`/final (loads with Embedder.from_pretrained). Returns that folder.
     `log`: print a line every `run.log_every` steps (TensorBoard is written either way)."""
@@ -165,36 +194,33 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
     pairs = read_training_pairs(d)
     out = Path(cfg.run.output)
     ckpt = latest_checkpoint(out)
-    if ckpt is not None:
-        saved = load_train_config(ckpt / "config.yaml")
-        for section in ("model", "data", "loss", "optim", "batch"):
-            if getattr(saved, section) != getattr(cfg, section):
-                raise InputError(f"{out}: holds a run with another {section!r} config ({ckpt}/config.yaml); "
-                                 "use a new run.output, or the same config to resume")  # fmt: skip
     # find_unused_parameters: a text-only chunk leaves the vision merger without a gradient
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    accelerator = Accelerator(mixed_precision=cfg.run.mixed_precision, kwargs_handlers=[ddp])
+    sharded = cfg.run.strategy != "ddp"  # FSDP2 and ZeRO handle precision themselves
+    accelerator = Accelerator(mixed_precision="no" if sharded else cfg.run.mixed_precision, kwargs_handlers=[ddp])
     kind = str(accelerator.distributed_type)
     if "FSDP" in kind or "DEEPSPEED" in kind:
         raise InputError(
-            f"accelerate is set up for {kind}: sharded training is not supported yet (checkpoints hold "
-            "unsharded parameters and optimizer moments); use DDP (`accelerate launch --multi_gpu`)"
+            f"accelerate is set up for {kind}: mmemb shards the model itself; launch with `accelerate launch "
+            "--multi_gpu` (or torchrun) and set run.strategy=fsdp, or run.strategy=deepspeed with "
+            "run.deepspeed_config=ds.json"
         )
+    if ckpt is not None:
+        check_resumable(ckpt, cfg, accelerator.num_processes)
     torch.manual_seed(cfg.run.seed)
-    overrides = {k: v for k, v in vars(cfg.model.backbone).items() if k not in ("kind", "source")}
-    embedder = Embedder.from_pretrained(cfg.model.init, **overrides)
-    if cfg.loss.cross_mode > 0 and ["gen", "disc"] not in embedder.config.valid_mode_pairs:
-        embedder.config.valid_mode_pairs.append(["gen", "disc"])  # the output model's config: spaces shared
+    embedder = build_embedder(cfg)
     examples = build_examples(pairs, d, embedder.config.tokens)
     bb = embedder.backbone
-    bb.configure_trainable()
-    params = {n: p for n, p in bb.named_parameters() if p.requires_grad}
-    optimizer = torch.optim.AdamW(params.values(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    model, wrapped_opt = accelerator.prepare(bb, optimizer)
+    strategy = make_strategy(cfg.run.strategy, accelerator, cfg)
+    strategy.prepare(bb)
+    model, params, optimizer = strategy.model, strategy.params, strategy.optimizer
     order = BatchOrder(len(examples), cfg.run.seed)
     start = 0
     if ckpt is not None:
-        state = load_checkpoint(ckpt, params, optimizer)
+        weights, moments, state = load_checkpoint(ckpt, set(params))
+        strategy.scatter(weights, moments)
+        for group, hyper in zip(optimizer.param_groups, state["param_groups"], strict=True):
+            group.update(hyper)
         order.load(state["order"])
         start = state["step"]
         accelerator.print(f"mmemb train: resuming from {ckpt} (step {start})")
@@ -215,7 +241,7 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
     )
     accelerator.print(f"mmemb train: {len(examples)} examples ({len(pairs)} pairs, variant {d.variant}), "
                       f"{len(params)} trainable tensors ({sum(p.numel() for p in params.values()):,} values), "
-                      f"batch {B} x {world} process(es) x {accum} accumulation")  # fmt: skip
+                      f"batch {B} x {world} process(es) x {accum} accumulation, strategy {cfg.run.strategy}")  # fmt: skip
     model.train()
     t0 = time.perf_counter()
     for step in range(start, cfg.run.max_steps):
@@ -226,15 +252,13 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
         for micro in range(accum):
             batch = [examples[i] for i in order.next(B * world)[rank * B : (rank + 1) * B]]
             last = micro == accum - 1  # DDP all-reduces once per optimizer step, at the very last backward
-            with nullcontext() if last else accelerator.no_sync(model):
-                res = batch_backward(model, embedder, batch, cfg, lambda x: accelerator.backward(x / accum),
-                                     no_sync=(lambda: accelerator.no_sync(model)) if last else None)  # fmt: skip
+            hold = strategy.no_sync  # a context keeping gradients local; None: reduced at every backward
+            with nullcontext() if last or hold is None else hold():
+                res = batch_backward(model, embedder, batch, cfg, lambda x: strategy.backward(x / accum),
+                                     no_sync=hold if last else None)  # fmt: skip
             for k, v in res.items():
                 logs[k] = logs.get(k, 0.0) + float(v) / accum
-        norm = accelerator.clip_grad_norm_(list(params.values()), cfg.optim.max_grad_norm or float("inf"))
-        wrapped_opt.step()
-        wrapped_opt.zero_grad(set_to_none=True)
-        logs |= {"lr": lr, "grad_norm": float(norm)}
+        logs |= {"lr": lr, "grad_norm": strategy.step(cfg.optim.max_grad_norm)}
         done = step + 1
         if main and (done % cfg.run.log_every == 0 or done == cfg.run.max_steps or done == start + 1):
             if writer:
@@ -251,13 +275,22 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
                       f"acc {logs.get('disc_accuracy', 0):.2f}/{logs.get('gen_accuracy', 0):.2f} lr {lr:.2e} "
                       f"grad {logs['grad_norm']:.2f} {secs:.1f}s/step", flush=True)  # fmt: skip
         if done % cfg.run.save_every == 0 or done == cfg.run.max_steps:
-            accelerator.wait_for_everyone()
+            weights, moments = strategy.gather()  # every rank: gathering shards is a collective
             if main:
-                save_checkpoint(out, done, params, optimizer, order.state(), cfg, cfg.run.keep_checkpoints)
+                save_checkpoint(out, done, weights, moments, optimizer.param_groups, order.state(), cfg,
+                                cfg.run.keep_checkpoints, processes=world)  # fmt: skip
+            accelerator.wait_for_everyone()
     if writer:
         writer.close()
     accelerator.wait_for_everyone()
     final = out / "final"
+    if strategy.sharded:  # the trained tensors, whole, copied into an unsharded model built like the first
+        weights, _ = strategy.gather()
+        if main:
+            embedder = build_embedder(cfg)
+            with torch.no_grad():
+                for n, p in trainable(embedder.backbone).items():
+                    p.copy_(weights[n])
     if main:
         embedder.save_pretrained(final)
         accelerator.print(

@@ -8,7 +8,8 @@
         config.yaml             the resolved training config
 
 A checkpoint is written into a temporary folder and renamed when complete, so a kill during a save leaves
-the previous checkpoint as the newest complete one.
+the previous checkpoint as the newest complete one. All tensors are whole (unsharded), whatever
+`run.strategy` trained them, so a checkpoint resumes under any strategy and number of processes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..types import InputError
 from .config import TrainConfig, save_train_config
 
 
@@ -39,25 +41,22 @@ def latest_checkpoint(output: Path) -> Path | None:
 def save_checkpoint(
     output: Path,
     step: int,
-    params: dict[str, torch.nn.Parameter],
-    optimizer: torch.optim.Optimizer,
+    weights: dict[str, torch.Tensor],
+    moments: dict[str, torch.Tensor],
+    param_groups: list[dict],
     order_state: dict,
     cfg: TrainConfig,
     keep: int,
+    processes: int = 1,
 ) -> Path:
+    """Write full trainable `weights` by name, AdamW `moments` by 'name::key', the optimizer's hyper-parameters
+    (its param_groups without the params), the data order and every RNG state."""
     target = checkpoint_dir(output, step)
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({n: p.detach().contiguous() for n, p in params.items()}, str(tmp / "trainable.safetensors"))
-    index = {id(p): n for n, p in params.items()}
-    moments, hyper = {}, []
-    for group in optimizer.param_groups:
-        hyper.append({k: v for k, v in group.items() if k != "params"})
-        for p in group["params"]:
-            for key, value in optimizer.state.get(p, {}).items():
-                moments[f"{index[id(p)]}::{key}"] = torch.as_tensor(value).detach().contiguous()
-    save_file(moments, str(tmp / "optimizer.safetensors"))
+    save_file({n: t.contiguous() for n, t in weights.items()}, str(tmp / "trainable.safetensors"))
+    save_file({n: t.contiguous() for n, t in moments.items()}, str(tmp / "optimizer.safetensors"))
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
@@ -65,8 +64,9 @@ def save_checkpoint(
     py_state = random.getstate()
     state = {
         "step": step,
+        "processes": processes,  # over which the global batch was split (a resume may split it otherwise)
         "order": order_state,
-        "param_groups": hyper,
+        "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in param_groups],
         "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
         "numpy_rng": np.random.get_state(legacy=False),
     }
@@ -81,25 +81,16 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: Path, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer
-) -> dict:
-    """Restore parameters, optimizer moments and RNG states in place; return state.json's content."""
+    path: Path, names: set[str]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """Read a checkpoint and restore the RNG states; return (weights, moments, state.json's content).
+    `names`: this model's trainable parameters, which must be the checkpoint's."""
     weights = load_file(str(path / "trainable.safetensors"))
-    if set(weights) != set(params):
-        raise ValueError(f"{path}: trainable parameters differ from this model's (the config changed?)")
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(weights[n])
+    if set(weights) != names:
+        raise InputError(f"{path}: its trainable parameters differ from this model's "
+                         f"({len(weights)} saved, {len(names)} here): the model config changed?")  # fmt: skip
     state = json.loads((path / "state.json").read_text())
     moments = load_file(str(path / "optimizer.safetensors"))
-    by_name = {p: n for n, p in params.items()}
-    for group, hyper in zip(optimizer.param_groups, state["param_groups"], strict=True):
-        group.update(hyper)
-        for p in group["params"]:
-            prefix = f"{by_name[p]}::"
-            entry = {k[len(prefix) :]: v for k, v in moments.items() if k.startswith(prefix)}
-            if entry:
-                optimizer.state[p] = entry
     rng = load_file(str(path / "rng.safetensors"))
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():
@@ -109,7 +100,7 @@ def load_checkpoint(
     np_state = state["numpy_rng"]
     np_state["state"]["key"] = np.asarray(np_state["state"]["key"], dtype=np.uint32)  # JSON gave a list
     np.random.set_state(np_state)
-    return state
+    return weights, moments, state
 
 
 def _np(value):
