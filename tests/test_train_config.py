@@ -48,6 +48,13 @@ def test_save_then_load_gives_the_same_tree(tmp_path):
         ("", ["data.variant=some"], "data.variant 'some': choose one of"),
         ("", ["batch.chunk=5"], r"batch\.chunk \(5\) must be 0 or divide batch\.size \(32\)"),
         ("optim: [1, 2\n", [], "not valid YAML"),
+        ("", ["run.strategy=zero"], "run.strategy 'zero': choose one of"),
+        ("", ["run.deepspeed_config=ds.json"], "set run.strategy=deepspeed"),
+        (
+            "",
+            ["run.strategy=fsdp", "run.mixed_precision=fp16"],
+            "fp16 is supported with run.strategy=ddp only",
+        ),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, text, overrides, message):
@@ -60,3 +67,55 @@ def test_bad_config_is_a_clear_error(tmp_path, text, overrides, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(InputError, match="cannot read the config"):
         load_train_config(tmp_path / "none.yaml")
+
+
+@pytest.mark.parametrize(
+    ("conf", "message"),
+    [
+        (
+            {"zero_optimization": {"stage": 3}},
+            "stage 3: mmemb supports ZeRO stages 1 and 2; .*run.strategy=fsdp",
+        ),
+        ({}, "stage 0"),
+        ({"zero_optimization": {"stage": 2}, "optimizer": {"type": "Adam"}}, "remove 'optimizer'"),
+        ({"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 4}, "set it with batch.size"),
+        ({"zero_optimization": {"stage": 2}, "gradient_accumulation_steps": 8}, "batch.accumulation"),
+        (
+            {"zero_optimization": {"stage": 1}, "bf16": {"enabled": True}},
+            "bf16.enabled is True but run.mixed_",
+        ),
+    ],
+)
+def test_deepspeed_config_contradicting_mmemb_is_refused(conf, message):
+    from mmemb.train.parallel import deepspeed_config
+
+    with pytest.raises(InputError, match=message):
+        deepspeed_config(conf, load_train_config(None, ["run.strategy=deepspeed"]), "ds.json")
+
+
+def test_deepspeed_config_is_filled_from_the_mmemb_config():
+    from mmemb.train.parallel import deepspeed_config
+
+    cfg = load_train_config(None, ["run.strategy=deepspeed", "run.mixed_precision=bf16", "batch.size=16"])
+    conf = {"zero_optimization": {"stage": 2, "overlap_comm": True}, "train_micro_batch_size_per_gpu": "auto",
+            "bf16": {"enabled": "auto"}, "train_batch_size": 64}  # fmt: skip
+    out = deepspeed_config(conf, cfg, "ds.json")
+    assert out["train_micro_batch_size_per_gpu"] == 16 and out["gradient_accumulation_steps"] == 1
+    assert out["bf16"] == {"enabled": True} and out["fp16"] == {"enabled": False}
+    assert (
+        out["gradient_clipping"] == cfg.optim.max_grad_norm and out["managed_gradient_accumulation"] is False
+    )
+    assert out["zero_optimization"] == {"stage": 2, "overlap_comm": True} and "train_batch_size" not in out
+
+
+def test_a_bad_deepspeed_config_file_is_named(tmp_path):
+    from mmemb.train.parallel import DeepSpeedZero
+
+    path = tmp_path / "ds.json"
+    path.write_text("{stage: 2")
+    cfg = load_train_config(None, ["run.strategy=deepspeed", f"run.deepspeed_config={path}"])
+    with pytest.raises(InputError, match=r"ds\.json'?: not valid JSON"):
+        DeepSpeedZero(None, cfg).read_config()
+    cfg = load_train_config(None, ["run.strategy=deepspeed", f"run.deepspeed_config={tmp_path / 'no.json'}"])
+    with pytest.raises(InputError, match="cannot read it"):
+        DeepSpeedZero(None, cfg).read_config()

@@ -118,7 +118,8 @@ class RunSection:
         "gradients and optimizer moments sharded with torch FSDP2), 'deepspeed' (ZeRO, per run.deepspeed_config).",
     )
     deepspeed_config: str = _f(
-        "", "DeepSpeed JSON config for run.strategy=deepspeed (empty: ZeRO stage 2); batch and precision come "
+        "",
+        "DeepSpeed JSON config for run.strategy=deepspeed (empty: ZeRO stage 2); batch and precision come "
         "from this config's batch and run sections.",
     )
 
@@ -242,7 +243,9 @@ def check(cfg: TrainConfig, where: str = "config") -> TrainConfig:
         raise InputError(f"{where}: run.deepspeed_config is set but run.strategy is {cfg.run.strategy!r}; "
                          "set run.strategy=deepspeed")  # fmt: skip
     if cfg.run.strategy != "ddp" and cfg.run.mixed_precision == "fp16":
-        raise InputError(f"{where}: run.mixed_precision fp16 is supported with run.strategy=ddp only; use bf16")
+        raise InputError(
+            f"{where}: run.mixed_precision fp16 is supported with run.strategy=ddp only; use bf16"
+        )
     return cfg
 
 

@@ -102,11 +102,18 @@ class FullyShardedDataParallel(DataParallel):
             param_dtype=torch.bfloat16 if self.cfg.run.mixed_precision == "bf16" else None,
             reduce_dtype=torch.float32 if self.cfg.run.mixed_precision == "bf16" else None,
         )
+        # FSDP2 shards contiguous tensors only: frozen channels_last convolutions (nano's vision tower) stay
+        # whole on every rank; a trainable one cannot
+        whole = {p for p in backbone.parameters() if not p.is_contiguous()}
+        if any(p.requires_grad for p in whole):
+            name = next(n for n, p in backbone.named_parameters() if p in whole and p.requires_grad)
+            raise InputError(f"run.strategy=fsdp: trainable parameter {name} is not contiguous (FSDP2 cannot "
+                             "shard it); use run.strategy=ddp or deepspeed")  # fmt: skip
         names = {n for m in backbone.modules() for n in getattr(m, "_no_split_modules", None) or ()}
         blocks = [m for m in backbone.modules() if type(m).__name__ in names]
         for block in blocks:  # innermost first does not matter: blocks do not nest
-            fully_shard(block, mesh=mesh, mp_policy=policy)
-        fully_shard(backbone, mesh=mesh, mp_policy=policy)  # the rest (embeddings, projector, heads)
+            fully_shard(block, mesh=mesh, mp_policy=policy, ignored_params=whole)
+        fully_shard(backbone, mesh=mesh, mp_policy=policy, ignored_params=whole)  # the rest: embeddings, heads
         self.blocks = len(blocks)
         self.model = backbone  # fully_shard changes the module in place; parameters are now DTensors
         self.params = trainable(backbone)
@@ -140,7 +147,9 @@ class FullyShardedDataParallel(DataParallel):
                 p.to_local().copy_(_local(weights[n], p))
                 state = {k.split("::", 1)[1]: v for k, v in moments.items() if k.startswith(f"{n}::")}
                 if state:  # AdamW's moments are DTensors shaped like their parameter; `step` is a scalar
-                    self.optimizer.state[p] = {k: _shard_like(v, p) if v.dim() else v for k, v in state.items()}
+                    self.optimizer.state[p] = {
+                        k: _shard_like(v, p) if v.dim() else v for k, v in state.items()
+                    }
 
 
 class DeepSpeedZero(DataParallel):
@@ -164,12 +173,13 @@ class DeepSpeedZero(DataParallel):
         return deepspeed_config(conf, self.cfg, path or "the default DeepSpeed config")
 
     def prepare(self, backbone: nn.Module) -> None:
-        try:
-            import deepspeed
-        except ImportError:
-            raise InputError("run.strategy=deepspeed needs DeepSpeed: "
-                             "pip install --no-build-isolation deepspeed==0.19.8") from None  # fmt: skip
+        import deepspeed
+
         conf = self.read_config()
+        with torch.no_grad():  # DeepSpeed views parameters as flat bytes: channels_last ones (nano's vision
+            for p in backbone.parameters():  # tower) become contiguous; slower convolutions, the same values
+                if p.stride() != p.new_empty(p.shape).stride():  # (is_contiguous() passes 1x1 channels_last)
+                    p.data = p.data.clone(memory_format=torch.contiguous_format)
         self.params = trainable(backbone)
         self.optimizer = torch.optim.AdamW(
             self.params.values(), lr=self.cfg.optim.lr, weight_decay=self.cfg.optim.weight_decay
@@ -221,6 +231,17 @@ class DeepSpeedZero(DataParallel):
                 safe_set_full_optimizer_state(p, moments[f"{n}::{key}"].to(p.device, torch.float32), key)
 
 
+def check_strategy(cfg: TrainConfig) -> None:
+    """What can be checked before a model is loaded: the package a strategy needs, a DeepSpeed config."""
+    if cfg.run.strategy == "deepspeed":
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise InputError("run.strategy=deepspeed needs DeepSpeed: "
+                             "pip install --no-build-isolation deepspeed==0.19.8") from None  # fmt: skip
+        DeepSpeedZero(None, cfg).read_config()
+
+
 def deepspeed_config(conf: dict, cfg: TrainConfig, where: str) -> dict:
     """Fill what mmemb's config decides (batch, precision, clipping) and refuse settings that contradict it."""
     conf = dict(conf)
@@ -230,7 +251,9 @@ def deepspeed_config(conf: dict, cfg: TrainConfig, where: str) -> dict:
                          "for sharded parameters use run.strategy=fsdp")  # fmt: skip
     for key in ("optimizer", "scheduler"):
         if key in conf:
-            raise InputError(f"{where}: remove {key!r}: mmemb's AdamW and schedule come from the optim section")
+            raise InputError(
+                f"{where}: remove {key!r}: mmemb's AdamW and schedule come from the optim section"
+            )
     owned = {
         "train_micro_batch_size_per_gpu": cfg.batch.size,
         "gradient_accumulation_steps": 1,  # mmemb's loop accumulates batch.accumulation batches itself

@@ -10,9 +10,9 @@
                    + lm·(token-mean next-token loss on the completions)
         clip, AdamW step; log (console, TensorBoard); checkpoint every save_every steps
 
-Run through accelerate, so the same code runs on CPU, one GPU or several with DDP (`accelerate launch
---multi_gpu`, several nodes too). FSDP and DeepSpeed are refused for now: the checkpoints hold unsharded
-parameters and optimizer moments. InfoNCE takes its negatives from the whole global batch, gathered with gradient.
+Run through accelerate, so the same code runs on CPU, one GPU or several (`accelerate launch --multi_gpu`,
+several nodes too); `run.strategy` picks DDP, FSDP2 or DeepSpeed ZeRO 1/2 (train/parallel.py), and a
+checkpoint resumes under any of them. InfoNCE takes its negatives from the whole global batch, gathered with gradient.
 In-batch targets with the same content as the positive are masked (they are not negatives). A killed run
 resumes from its newest checkpoint to exactly the weights an uninterrupted run reaches (tested).
 """
@@ -33,7 +33,7 @@ from ..losses import full_batch_backward, gradcache_backward, info_nce
 from ..types import InputError
 from .config import TrainConfig, load_train_config, save_train_config
 from .data import BatchOrder, Example, build_examples, read_training_pairs
-from .parallel import make_strategy, trainable
+from .parallel import check_strategy, make_strategy, trainable
 from .state import latest_checkpoint, load_checkpoint, save_checkpoint
 
 LOSS_TERMS = ("disc", "gen", "cross", "lm")
@@ -64,6 +64,7 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise InputError(
             f"data.candidates {d.candidates!r}: not found (variant 'all' needs `mmemb reason generate`)"
         )
+    check_strategy(cfg)
     if cfg.run.tensorboard:
         try:
             import tensorboard  # noqa: F401
@@ -166,7 +167,10 @@ def check_resumable(ckpt: Path, cfg: TrainConfig, processes: int) -> None:
             raise InputError(f"{ckpt.parent.parent}: holds a run with another {section!r} config "
                              f"({ckpt}/config.yaml); use a new run.output, or the same config to resume")  # fmt: skip
     was = json.loads((ckpt / "state.json").read_text()).get("processes", processes)
-    if (saved.batch.size * was, saved.batch.accumulation) != (cfg.batch.size * processes, cfg.batch.accumulation):
+    if (saved.batch.size * was, saved.batch.accumulation) != (
+        cfg.batch.size * processes,
+        cfg.batch.accumulation,
+    ):
         raise InputError(
             f"{ckpt}: trained with batch.size {saved.batch.size} x {was} process(es) x accumulation "
             f"{saved.batch.accumulation}; here batch.size {cfg.batch.size} x {processes} x "
@@ -197,7 +201,9 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
     # find_unused_parameters: a text-only chunk leaves the vision merger without a gradient
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     sharded = cfg.run.strategy != "ddp"  # FSDP2 and ZeRO handle precision themselves
-    accelerator = Accelerator(mixed_precision="no" if sharded else cfg.run.mixed_precision, kwargs_handlers=[ddp])
+    accelerator = Accelerator(
+        mixed_precision="no" if sharded else cfg.run.mixed_precision, kwargs_handlers=[ddp]
+    )
     kind = str(accelerator.distributed_type)
     if "FSDP" in kind or "DEEPSPEED" in kind:
         raise InputError(
