@@ -113,8 +113,8 @@ class FullyShardedDataParallel(DataParallel):
         blocks = [m for m in backbone.modules() if type(m).__name__ in names]
         for block in blocks:  # innermost first does not matter: blocks do not nest
             fully_shard(block, mesh=mesh, mp_policy=policy, ignored_params=whole)
-        fully_shard(backbone, mesh=mesh, mp_policy=policy, ignored_params=whole)  # the rest: embeddings, heads
-        self.blocks = len(blocks)
+        # then the rest: embeddings, projector, heads
+        fully_shard(backbone, mesh=mesh, mp_policy=policy, ignored_params=whole)
         self.model = backbone  # fully_shard changes the module in place; parameters are now DTensors
         self.params = trainable(backbone)
         self.optimizer = torch.optim.AdamW(
