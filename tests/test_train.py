@@ -312,6 +312,8 @@ def test_sharded_training_equals_one_process_and_checkpoints_move_between_strate
     pytest.importorskip("deepspeed") if strategy == "deepspeed" else None
     args = [f"model.init={world['tiny']}", f"data.source={world['toy']}", *SHARDED, "batch.size=4",
             f"run.strategy={strategy}"]  # fmt: skip
+    if strategy == "deepspeed":  # the shipped config
+        args.append(f"run.deepspeed_config={Path(__file__).parents[1] / 'configs' / 'deepspeed-zero2.json'}")
     fresh, resumed = tmp_path / "fresh", tmp_path / "resumed"
     launch_two(args, fresh)
     for step in ("step-000002", "step-000003"):

@@ -93,6 +93,16 @@ def test_deepspeed_config_contradicting_mmemb_is_refused(conf, message):
         deepspeed_config(conf, load_train_config(None, ["run.strategy=deepspeed"]), "ds.json")
 
 
+def test_the_shipped_deepspeed_config_is_accepted():
+    import json
+
+    from mmemb.train.parallel import deepspeed_config
+
+    conf = json.loads((CONFIGS / "deepspeed-zero2.json").read_text())
+    out = deepspeed_config(conf, load_train_config(CONFIGS / "qwen2vl-2b.yaml", ["run.strategy=deepspeed"]), "x")
+    assert out["bf16"] == {"enabled": True} and out["train_micro_batch_size_per_gpu"] == 256
+
+
 def test_deepspeed_config_is_filled_from_the_mmemb_config():
     from mmemb.train.parallel import deepspeed_config
 

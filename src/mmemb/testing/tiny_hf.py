@@ -267,19 +267,20 @@ def _rope(family: str) -> dict[str, Any]:
     return rope
 
 
-def build_config(family: str, tokenizer: Any) -> Any:
-    """The family's real config class with tiny sizes and the tokenizer's ids."""
+def build_config(family: str, tokenizer: Any, width: int = TEXT_HIDDEN, layers: int = TEXT_LAYERS) -> Any:
+    """The family's real config class with tiny sizes and the tokenizer's ids. `width` and `layers` scale the
+    language model (head size kept at HEAD_DIM) for benchmarks that need a bigger random model."""
     import transformers
 
     ids = token_ids(tokenizer)
     vocab_size = len(tokenizer) + _SPARE_VOCAB_ROWS
     text: dict[str, Any] = {
         "vocab_size": vocab_size,
-        "hidden_size": TEXT_HIDDEN,
-        "intermediate_size": TEXT_INTERMEDIATE,
-        "num_hidden_layers": TEXT_LAYERS,
-        "num_attention_heads": TEXT_HEADS,
-        "num_key_value_heads": TEXT_KV_HEADS,
+        "hidden_size": width,
+        "intermediate_size": width * TEXT_INTERMEDIATE // TEXT_HIDDEN,
+        "num_hidden_layers": layers,
+        "num_attention_heads": width // HEAD_DIM,
+        "num_key_value_heads": width // HEAD_DIM * TEXT_KV_HEADS // TEXT_HEADS,
         "hidden_act": "silu",
         "max_position_embeddings": 4096,
         "initializer_range": INITIALIZER_RANGE,
@@ -303,7 +304,7 @@ def build_config(family: str, tokenizer: Any) -> Any:
         vision = {
             "depth": 2,
             "embed_dim": 32,
-            "hidden_size": TEXT_HIDDEN,  # merger output = LLM width
+            "hidden_size": width,  # merger output = LLM width
             "hidden_act": "quick_gelu",
             "mlp_ratio": 2,
             "num_heads": 2,
@@ -328,7 +329,7 @@ def build_config(family: str, tokenizer: Any) -> Any:
             "temporal_patch_size": 2,
             "tokens_per_second": 2,
             "window_size": 112,
-            "out_hidden_size": TEXT_HIDDEN,
+            "out_hidden_size": width,
             "fullatt_block_indexes": [1],
             "initializer_range": INITIALIZER_RANGE,
         }
@@ -346,7 +347,7 @@ def build_config(family: str, tokenizer: Any) -> Any:
             "patch_size": 16,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
-            "out_hidden_size": TEXT_HIDDEN,
+            "out_hidden_size": width,
             "num_position_embeddings": 64,  # 8x8 grid, interpolated to the image grid
             "deepstack_visual_indexes": [0, 1],
             "initializer_range": INITIALIZER_RANGE,
@@ -400,14 +401,17 @@ def build_model(family: str, config: Any, seed: int = 0) -> Any:
     return model
 
 
-def build_tiny_hf(family: str, out_dir: Path, seed: int = 0) -> Path:
-    """Write a tiny random checkpoint of ``family`` (one of :data:`FAMILIES`) into ``out_dir``; return it."""
+def build_tiny_hf(
+    family: str, out_dir: Path, seed: int = 0, width: int = TEXT_HIDDEN, layers: int = TEXT_LAYERS
+) -> Path:
+    """Write a tiny random checkpoint of ``family`` (one of :data:`FAMILIES`) into ``out_dir``; return it.
+    `width` and `layers`: a bigger language model (see `build_config`)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(family)
-    config = build_config(family, tokenizer)
+    config = build_config(family, tokenizer, width, layers)
     model = build_model(family, config, seed=seed)
     tokenizer.chat_template = CHAT_TEMPLATES[family]
     model.save_pretrained(out_dir, safe_serialization=True)

@@ -67,13 +67,16 @@ class DataParallel:
         return float(norm)
 
     def gather(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Full trainable weights by name, and AdamW state by 'name::key' (exp_avg, exp_avg_sq, step)."""
-        weights = {n: p.detach().cpu() for n, p in self.params.items()}
-        moments = {
-            f"{n}::{k}": torch.as_tensor(v).detach().cpu()
-            for n, p in self.params.items()
-            for k, v in self.optimizer.state.get(p, {}).items()
-        }
+        """Full trainable weights by name, and AdamW state by 'name::key' (exp_avg, exp_avg_sq, step), on the
+        main process's CPU; empty elsewhere. Every process must call it (sharded tensors are gathered one
+        at a time, so no process holds more than one whole tensor on its device)."""
+        keep = self.accelerator.is_main_process
+        weights, moments = {}, {}
+        for n, p in self.params.items():
+            for key, value in [(None, p.detach()), *self.optimizer.state.get(p, {}).items()]:
+                whole = _full(torch.as_tensor(value))  # a collective for a DTensor shard
+                if keep:
+                    (weights if key is None else moments)[n if key is None else f"{n}::{key}"] = whole.cpu()
         return weights, moments
 
     def scatter(self, weights: dict[str, torch.Tensor], moments: dict[str, torch.Tensor]) -> None:
@@ -131,15 +134,6 @@ class FullyShardedDataParallel(DataParallel):
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(_full(norm))
-
-    def gather(self):
-        weights = {n: _full(p.detach()).cpu() for n, p in self.params.items()}
-        moments = {
-            f"{n}::{k}": _full(torch.as_tensor(v)).detach().cpu()
-            for n, p in self.params.items()
-            for k, v in self.optimizer.state.get(p, {}).items()
-        }
-        return weights, moments
 
     def scatter(self, weights, moments) -> None:
         with torch.no_grad():
@@ -200,14 +194,20 @@ class DeepSpeedZero(DataParallel):
     def gather(self):
         from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
-        weights = {n: safe_get_full_fp32_param(p).cpu() for n, p in self.params.items()}
-        moments = {}
+        keep = self.accelerator.is_main_process
+        weights, moments = {}, {}
         steps = [s["step"] for s in self.optimizer.state.values() if "step" in s]
-        if steps:  # the inner AdamW holds one state per flat partition; its step is every parameter's step
-            for n, p in self.params.items():
+        for n, p in self.params.items():  # each safe_get_full_* is a collective over the slices
+            whole = safe_get_full_fp32_param(p)
+            if keep:
+                weights[n] = whole.cpu()
+            if steps:  # the inner AdamW holds one state per flat slice; its step is every parameter's step
                 for key in ("exp_avg", "exp_avg_sq"):
-                    moments[f"{n}::{key}"] = safe_get_full_optimizer_state(p, key).cpu()
-                moments[f"{n}::step"] = torch.as_tensor(steps[0]).detach().cpu().clone()
+                    whole = safe_get_full_optimizer_state(p, key)
+                    if keep:
+                        moments[f"{n}::{key}"] = whole.cpu()
+                if keep:
+                    moments[f"{n}::step"] = torch.as_tensor(steps[0]).detach().cpu().clone()
         return weights, moments
 
     def scatter(self, weights, moments) -> None:

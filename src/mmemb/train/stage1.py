@@ -302,4 +302,8 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
         accelerator.print(
             f"mmemb train: {cfg.run.max_steps - start} steps in {time.perf_counter() - t0:.0f}s -> {final}"
         )
+    accelerator.wait_for_everyone()
+    # destroy the process group: a process exiting with gloo's worker threads alive sometimes aborts (seen
+    # after FSDP2 and ZeRO runs: "terminate called without an active exception", exit -6)
+    accelerator.end_training()
     return final
