@@ -99,7 +99,9 @@ def test_the_shipped_deepspeed_config_is_accepted():
     from mmemb.train.parallel import deepspeed_config
 
     conf = json.loads((CONFIGS / "deepspeed-zero2.json").read_text())
-    out = deepspeed_config(conf, load_train_config(CONFIGS / "qwen2vl-2b.yaml", ["run.strategy=deepspeed"]), "x")
+    out = deepspeed_config(
+        conf, load_train_config(CONFIGS / "qwen2vl-2b.yaml", ["run.strategy=deepspeed"]), "x"
+    )
     assert out["bf16"] == {"enabled": True} and out["train_micro_batch_size_per_gpu"] == 256
 
 
