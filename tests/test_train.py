@@ -244,9 +244,9 @@ def launch_two(world_args: list[str], out: Path) -> None:
 
 def test_two_process_ddp_equals_one_process_with_the_global_batch(world, tmp_path):
     """2 CPU processes (gloo) x batch 4 == 1 process x batch 8: the same global batches, negatives gathered
-    across processes, gradients averaged by DDP. (LM off: its token mean is taken per process.)"""
+    across processes, gradients averaged by DDP, the LM term a token mean over the global batch."""
     common = [f"model.init={world['tiny']}", f"data.source={world['toy']}", "data.variant=none",
-              "batch.chunk=2", "run.max_steps=3", "run.save_every=3", "run.tensorboard=false", "loss.lm=0",
+              "batch.chunk=2", "run.max_steps=3", "run.save_every=3", "run.tensorboard=false",
               "loss.cross_mode=0.3", "batch.accumulation=2"]  # fmt: skip
     launch_two([*common, "batch.size=4"], tmp_path / "ddp")
     single = train_stage1(
@@ -260,7 +260,7 @@ def test_two_process_ddp_equals_one_process_with_the_global_batch(world, tmp_pat
 
 
 SHARDED = ["data.variant=none", "batch.chunk=2", "run.max_steps=3", "run.save_every=2", "run.keep_checkpoints=3",
-           "run.tensorboard=false", "loss.lm=0", "loss.cross_mode=0.3", "batch.accumulation=2"]  # fmt: skip
+           "run.tensorboard=false", "loss.cross_mode=0.3", "batch.accumulation=2"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +335,7 @@ def nano_world(world, tmp_path_factory):
     global batch 8, 2 steps."""
     out = tmp_path_factory.mktemp("nano-one") / "run"
     args = ["model.init=nano", f"data.source={world['toy']}", "data.variant=none", "run.max_steps=2",
-            "run.save_every=2", "run.tensorboard=false", "batch.chunk=2", "loss.cross_mode=0.3", "loss.lm=0"]  # fmt: skip
+            "run.save_every=2", "run.tensorboard=false", "batch.chunk=2", "loss.cross_mode=0.3"]  # fmt: skip
     train_stage1(load_train_config(None, [*args, "batch.size=8", f"run.output={out}"]), log=False)
     return args, out
 

@@ -113,7 +113,13 @@ def batch_backward(
     """Forward + backward of one contrastive batch (GradCache when batch.chunk < batch.size). `no_sync`:
     a context that stops DDP from synchronising (all chunks but the last accumulate locally)."""
     L = cfg.loss
-    total = completion_tokens(embedder, batch)
+    # the LM term is a token mean over the global batch: every process divides by the tokens of all of them and
+    # multiplies by their number, which the gradient averaging (DDP, FSDP, ZeRO) divides out again
+    total, world = completion_tokens(embedder, batch), 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        counts = torch.tensor([total], device=embedder.backbone.device)
+        torch.distributed.all_reduce(counts)
+        total, world = int(counts), torch.distributed.get_world_size()
     target_ids = torch.tensor([e.target_id for e in batch], device=embedder.backbone.device)
 
     H = cfg.data.hard_negatives
@@ -135,7 +141,7 @@ def batch_backward(
                 "n_disc": disc[2 * b :].view(b, H, -1),
                 "n_gen": gen[2 * b :].view(b, H, -1),
             }  # (b, H, D)
-        return embs, L.lm * lm_sum / total  # fmt: skip
+        return embs, L.lm * lm_sum * world / total  # fmt: skip
 
     def loss_fn(r: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
