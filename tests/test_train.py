@@ -359,3 +359,10 @@ def test_nano_trains_sharded_like_one_process(nano_world, tmp_path, strategy):
     x = Embedder.from_pretrained(tmp_path / "two" / "final").encode(texts, mode="disc").vectors
     y = Embedder.from_pretrained(one / "final").encode(texts, mode="disc").vectors
     assert np.allclose(x, y, atol=1e-5)  # 2 steps move the init model 1.4e-3 away
+
+
+def test_one_process_has_nothing_to_shard_and_trains_as_ddp(world, tmp_path, capsys):
+    cfg = cfg_for(world, tmp_path, "run.strategy=fsdp", "run.max_steps=1")
+    final = train_stage1(cfg, log=False)
+    assert "nothing to shard: run.strategy=fsdp trains as ddp" in capsys.readouterr().out
+    assert (final / "embedder_config.json").is_file()

@@ -206,10 +206,8 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
     ckpt = latest_checkpoint(out)
     # find_unused_parameters: a text-only chunk leaves the vision merger without a gradient
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    sharded = cfg.run.strategy != "ddp"  # FSDP2 and ZeRO handle precision themselves
-    accelerator = Accelerator(
-        mixed_precision="no" if sharded else cfg.run.mixed_precision, kwargs_handlers=[ddp]
-    )
+    # FSDP2 and ZeRO set their own precision: accelerate's acts on what it prepares (ddp)
+    accelerator = Accelerator(mixed_precision=cfg.run.mixed_precision, kwargs_handlers=[ddp])
     kind = str(accelerator.distributed_type)
     if "FSDP" in kind or "DEEPSPEED" in kind:
         raise InputError(
@@ -223,7 +221,11 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
     embedder = build_embedder(cfg)
     examples = build_examples(pairs, d, embedder.config.tokens)
     bb = embedder.backbone
-    strategy = make_strategy(cfg.run.strategy, accelerator, cfg)
+    name = cfg.run.strategy
+    if name != "ddp" and accelerator.num_processes == 1:
+        accelerator.print(f"mmemb train: 1 process, nothing to shard: run.strategy={name} trains as ddp")
+        name = "ddp"  # the same updates and checkpoints, without a process group to shard over
+    strategy = make_strategy(name, accelerator, cfg)
     strategy.prepare(bb)
     model, params, optimizer = strategy.model, strategy.params, strategy.optimizer
     order = BatchOrder(len(examples), cfg.run.seed)
@@ -253,7 +255,7 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
     )
     accelerator.print(f"mmemb train: {len(examples)} examples ({len(pairs)} pairs, variant {d.variant}), "
                       f"{len(params)} trainable tensors ({sum(p.numel() for p in params.values()):,} values), "
-                      f"batch {B} x {world} process(es) x {accum} accumulation, strategy {cfg.run.strategy}")  # fmt: skip
+                      f"batch {B} x {world} process(es) x {accum} accumulation, strategy {name}")  # fmt: skip
     model.train()
     t0 = time.perf_counter()
     for step in range(start, cfg.run.max_steps):
