@@ -1,14 +1,14 @@
-"""Adaptive reasoning: wall time of adaptive against always-think and never-think, side by side in one run.
+"""Adaptive reasoning costs what it reasons: wall time of adaptive at a forced invocation ratio p against
+(1 - p) x never-think + p x always-think, side by side in one run (run by hand, not in CI).
 
-    python benchmarks/bench_adaptive.py --model runs/train/policy-nano/final [--per-task 12] [--repeats 2]
+    python benchmarks/bench_adaptive.py [--model nano-r1] [--per-task 6] [--repeats 2]
                                         [--out benchmarks/results/adaptive.json]
 
-Real mmeb-mini test queries (the first --per-task of each task) are embedded with `encode` in modes think,
-adaptive and nothink, the three interleaved in each repeat so machine noise hits them alike; the best
-repeat of each is kept. Reported: seconds per query per mode, adaptive / always-think (goal: <= 0.60, the
-score side of the goal comes from `mmemb train policy-sweep` / `mmemb eval --qry-mode adaptive`), and the
-adaptive invocation ratio on these queries. A check first: every adaptive row equals the fixed mode of its
-action (the sweep's scores rely on it).
+Real mmeb-mini test queries (the first --per-task of each task). For each p in {0, 0.25, 0.5, 0.75, 1} the
+policy head is replaced by one that forces p: it scores each query's disc state by a fixed random direction
+and thinks above the (1 - p) quantile of those scores. nothink, think and every p run interleaved in each
+repeat (machine noise hits them alike) and the best repeat of each is kept. Goal: adaptive / ((1 - p) x
+nothink + p x think) <= 1.1 at every p. A check first: every adaptive row equals the fixed mode of its action.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from mmemb import Embedder
 from mmemb.eval.evaluate import resolve
 from mmemb.eval.tasks import load_task
 
+PS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
 
 def queries(per_task: int) -> list:
     st = resolve("mmeb-mini", None)
@@ -36,10 +38,23 @@ def queries(per_task: int) -> list:
     return out
 
 
+def force_head(model: Embedder, disc: torch.Tensor, p: float) -> None:
+    """A binary head that thinks on the top-p share of queries by a fixed random score of their disc state."""
+    direction = torch.randn(disc.shape[1], generator=torch.Generator().manual_seed(0))
+    scores = torch.nn.functional.normalize(disc, dim=-1) @ direction  # (N,): what the head computes
+    cut = float(torch.quantile(scores, 1 - p)) if 0 < p < 1 else (float("inf") if p == 0 else -float("inf"))
+    with torch.no_grad():
+        w, b = model.policy.linear.weight, model.policy.linear.bias
+        w.zero_()
+        w[1] = direction  # logit(think) - logit(no_think) = score - cut
+        b.zero_()
+        b[1] = -cut if np.isfinite(cut) else (-1e9 if p == 0 else 1e9)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="a saved mmemb model with a trained policy head")
-    ap.add_argument("--per-task", type=int, default=12)
+    ap.add_argument("--model", default="nano-r1", help="a saved mmemb model (binary policy)")
+    ap.add_argument("--per-task", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/adaptive.json"))
@@ -47,32 +62,52 @@ def main() -> None:
     model = Embedder.from_pretrained(args.model)
     items = queries(args.per_task)
     cap = model.config.policy.budgets[-1]
-    seconds: dict[str, list[float]] = {"think": [], "adaptive": [], "nothink": []}
-    outputs = {}
+    disc_states = []
+    bb = model.backbone
+    for i in range(0, len(items), args.batch_size):  # the states the head reads (prompt + no-think: at -3)
+        chunk = items[i : i + args.batch_size]
+        prompts = bb.prepare(chunk, [model.prompt(s) + model.no_think for s in chunk])
+        disc_states.append(bb.prefill(prompts, use_cache=False)[0][:, -3].float())
+    disc = torch.cat(disc_states)
+
+    def run(mode: str, p: float | None = None):
+        if p is not None:
+            force_head(model, disc, p)
+        return model.encode(items, mode=mode, batch_size=args.batch_size, max_new_tokens=cap)
+
+    names = ["nothink", "think"] + [f"adaptive p={p}" for p in PS]
+    seconds: dict[str, list[float]] = {n: [] for n in names}
+    outputs: dict = {}
     for _ in range(args.repeats):
-        for mode in seconds:
+        for n in names:
+            mode, p = (n, None) if not n.startswith("adaptive") else ("adaptive", float(n.split("=")[1]))
             t = time.perf_counter()
-            outputs[mode] = model.encode(items, mode=mode, batch_size=args.batch_size, max_new_tokens=cap)
-            seconds[mode].append(time.perf_counter() - t)
-    ad, nt, th = outputs["adaptive"], outputs["nothink"], outputs["think"]
-    for i, did in enumerate(ad.reasoned):  # binary policy: think rows match think mode at the top budget
-        ref = th.vectors[i] if did else nt.vectors[i]
-        if len(model.config.policy.budgets) == 2 and not np.allclose(ad.vectors[i], ref, atol=1e-4):
-            raise SystemExit(f"adaptive row {i} differs from its action's fixed mode")
-    best = {m: min(v) for m, v in seconds.items()}
-    n = len(items)
+            outputs[n] = run(mode, p)
+            seconds[n].append(time.perf_counter() - t)
+    nt, th = outputs["nothink"], outputs["think"]
+    best = {n: min(v) for n, v in seconds.items()}
+    rows = []
+    for p in PS:
+        ad = outputs[f"adaptive p={p}"]
+        for i, did in enumerate(ad.reasoned):  # each row equals the fixed mode of its action
+            ref = th.vectors[i] if did else nt.vectors[i]
+            if float(ad.vectors[i] @ ref) < 1 - 2e-3:
+                raise SystemExit(f"p={p}: adaptive row {i} differs from its action's fixed mode")
+        real_p = float(np.mean(ad.reasoned))
+        ideal = (1 - real_p) * best["nothink"] + real_p * best["think"]
+        rows.append({"p": p, "invocation": round(real_p, 3), "adaptive_s": round(best[f"adaptive p={p}"], 2),
+                     "ideal_s": round(ideal, 2), "ratio": round(best[f"adaptive p={p}"] / ideal, 3)})  # fmt: skip
     result = {
+        "command": "python benchmarks/bench_adaptive.py",
         "model": args.model,
-        "queries": n,
-        "per_task": args.per_task,
-        "budgets": model.config.policy.budgets,
-        "seconds_per_query": {m: round(s / n, 4) for m, s in best.items()},
-        "all_runs_seconds": {m: [round(x, 2) for x in v] for m, v in seconds.items()},
-        "adaptive_over_think": round(best["adaptive"] / best["think"], 3),
-        "nothink_over_think": round(best["nothink"] / best["think"], 3),
-        "adaptive_invocation": round(float(np.mean(ad.reasoned)), 3),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "queries": len(items),
+        "cap": cap,
+        "seconds": {"nothink": round(best["nothink"], 2), "think": round(best["think"], 2)},
         "mean_think_tokens": round(float(np.mean(th.gen_tokens)), 1),
-        "goal_adaptive_over_think_max": 0.60,
+        "by_p": rows,
+        "goal_ratio_max": 1.1,
+        "all_runs_seconds": {n: [round(x, 2) for x in v] for n, v in seconds.items()},
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
     }
     print(json.dumps(result, indent=2))

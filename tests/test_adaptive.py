@@ -12,15 +12,18 @@ import torch
 from mmemb import Embedder, InputError, Sample
 from mmemb.testing.tiny_hf import build_tiny_hf
 
-from .conftest import write_image
+from .conftest import DTYPES, assert_same_vectors, write_image
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+@pytest.fixture(scope="module", params=DTYPES)
+def tiny(request, tmp_path_factory):
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    return Embedder.from_pretrained(build_tiny_hf("qwen2_vl", tmp_path_factory.mktemp("qwen2_vl")))
+    path = build_tiny_hf("qwen2_vl", tmp_path_factory.mktemp("qwen2_vl"))
+    model = Embedder.from_pretrained(path, dtype=request.param)
+    model.dtype_name = request.param
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +65,7 @@ def test_nothink_is_the_forced_no_think_completion(tiny, items):
         f and i == [tiny.ids["no_think"], tiny.ids["gen_emb"]] for i, f in zip(ids, found, strict=True)
     )
     decoded = torch.nn.functional.normalize(vecs.float(), dim=-1).numpy()
-    np.testing.assert_allclose(decoded, out.vectors, atol=2e-5)
+    assert_same_vectors(decoded, out.vectors, tiny.dtype_name, atol=2e-5)
 
 
 def test_think_mode_always_reasons(tiny, items):
@@ -81,17 +84,24 @@ def test_adaptive_equals_the_fixed_mode_of_each_action(tiny, items, budgets):
         actions = mixed_policy(tiny, items)
         out = tiny.encode(items, mode="adaptive", batch_size=3)
         names = tiny.config.policy.action_names()
-        assert out.actions == [names[a] for a in actions]  # the decision read inside adaptive == on disc
-        assert out.reasoned == [bool(a) for a in actions]
+        taken = np.array([names.index(a) for a in out.actions])
+        # the decision read inside adaptive (its own prefill) == the head on disc vectors; in bf16 the two
+        # states differ by rounding, so a near-tie may go either way: only clear decisions must agree
+        logits = tiny.policy(torch.from_numpy(tiny.encode(items).vectors)).detach()
+        top2 = logits.topk(2, dim=-1).values
+        clear = (top2[:, 0] - top2[:, 1]).numpy() > (0 if tiny.dtype_name == "float32" else 0.2)
+        assert (taken == actions)[clear].all() and clear.sum() >= len(items) // 2
+        assert out.reasoned == [bool(a) for a in taken]
+        actions = taken  # every row must equal the fixed mode of the action it took
         nothink = tiny.encode(items, mode="nothink", batch_size=5)
         for a, cap in enumerate(budgets):
             rows = np.flatnonzero(actions == a)
             if a == 0:
-                np.testing.assert_allclose(out.vectors[rows], nothink.vectors[rows], atol=1e-5)
+                assert_same_vectors(out.vectors[rows], nothink.vectors[rows], tiny.dtype_name)
                 assert all(out.texts[i] == tiny.no_think and out.gen_tokens[i] == 0 for i in rows)
                 continue
             think = tiny.encode([items[i] for i in rows], mode="think", max_new_tokens=cap, batch_size=2)
-            np.testing.assert_allclose(out.vectors[rows], think.vectors, atol=1e-5)
+            assert_same_vectors(out.vectors[rows], think.vectors, tiny.dtype_name)
             assert [out.texts[i] for i in rows] == think.texts
             assert all(out.gen_tokens[i] <= cap for i in rows)
     finally:
@@ -108,7 +118,10 @@ def test_untrained_head_is_the_lm_preference(tiny, items):
     lm = bb.logits(hidden[:, -1])[:, [tiny.ids["no_think"], tiny.ids["think_open"]]]  # (N, 2)
     head = tiny.policy(hidden[:, -1])
     assert torch.equal(lm.argmax(-1), head.argmax(-1))
-    torch.testing.assert_close(head, lm / hidden[:, -1].norm(dim=-1, keepdim=True), atol=1e-4, rtol=1e-4)
+    tol = 1e-4 if tiny.dtype_name == "float32" else 1e-2  # bf16: the LM's logits are a bf16 product
+    torch.testing.assert_close(
+        head, lm / hidden[:, -1].float().norm(dim=-1, keepdim=True), atol=tol, rtol=tol
+    )
 
 
 def test_policy_round_trip_and_fingerprints(tiny, items, tmp_path):

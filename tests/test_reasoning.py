@@ -18,7 +18,7 @@ from mmemb.reasoning.select import select
 from mmemb.reasoning.teachers import FileTeacher, Reply, Request
 from mmemb.types import InputError, Sample
 
-from .conftest import write_image
+from .conftest import assert_same_vectors, write_image
 
 
 # ---- a tiny mini-layout dataset ------------------------------------------------------------------------
@@ -253,8 +253,8 @@ def test_file_teacher_imports_a_candidates_file_and_reports_missing_ones(toy, tm
 
 # ---- teacher-forced gen embeddings ---------------------------------------------------------------------------
 @pytest.mark.slow
-def test_forced_completion_equals_decoding_the_same_tokens_from_the_kv_cache(nano, images):
-    e, bb = nano, nano.backbone
+def test_forced_completion_equals_decoding_the_same_tokens_from_the_kv_cache(nano_dt, images):
+    e, bb = nano_dt, nano_dt.backbone
     s = Sample(id="a", image=images[0], instruction="Classify")
     comp = think_completion("A small drawing of a cat.", "cat", e.config.tokens)
     forced = e.encode(
@@ -269,7 +269,7 @@ def test_forced_completion_equals_decoding_the_same_tokens_from_the_kv_cache(nan
     for i in ids:
         h = bb.step(torch.tensor([i]), state, torch.tensor([True]))
     want = torch.nn.functional.normalize(h.float(), dim=-1)[0].numpy()
-    np.testing.assert_allclose(forced, want, atol=2e-5)
+    assert_same_vectors(forced[None], want[None], e.dtype_name, atol=2e-5)
     with pytest.raises(InputError, match="one completion per input"):
         e.encode([s], mode="gen", completions=[])
 

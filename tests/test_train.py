@@ -20,10 +20,11 @@ from safetensors.torch import load_file
 from mmemb import Embedder
 from mmemb.cli import main
 from mmemb.data.pairs import read_pairs
+from mmemb.precision import autocast
 from mmemb.testing.tiny_hf import build_tiny_hf
-from mmemb.train.config import load_train_config
+from mmemb.train.config import load_train_config, mixed_precision
 from mmemb.train.data import BatchOrder, build_examples
-from mmemb.train.stage1 import batch_backward, train_stage1
+from mmemb.train.stage1 import batch_backward, build_embedder, train_stage1
 from mmemb.types import InputError
 
 from .test_reasoning import make_toy
@@ -36,47 +37,64 @@ def world(tmp_path_factory):
 
 
 def cfg_for(world, tmp_path, *extra):
-    base = [f"model.init={world['tiny']}", f"data.source={world['toy']}", "data.variant=none", "batch.size=4",
-            "batch.chunk=2", "run.log_every=1", "run.tensorboard=false", f"run.output={tmp_path / 'out'}"]  # fmt: skip
+    """float32 unless `extra` says run.mixed_precision=bf16 (the equivalence tests run in both)."""
+    base = [f"model.init={world['tiny']}", f"data.source={world['toy']}", "run.mixed_precision=no", "data.variant=none", "batch.size=4",
+            "batch.chunk=2", "run.log_every=1", "run.tensorboard=false", f"run.output={tmp_path / 'out'}",
+            "run.mixed_precision=no"]  # fmt: skip
     return load_train_config(None, [*base, *extra])
 
 
 def setup(world, cfg):
-    emb = Embedder.from_pretrained(cfg.model.init)
-    emb.backbone.configure_trainable()
+    """The model as stage 1 builds it (float32 masters, frozen tensors cast), the examples, and the forward's
+    autocast context (what accelerate wraps the forward in)."""
+    emb = build_embedder(cfg, cast_frozen=True)
     pairs = read_pairs(cfg.data.source, tasks=list(cfg.data.tasks) or None)
-    return emb, build_examples(pairs, cfg.data, emb.config.tokens)
+    low = {"bf16": torch.bfloat16}.get(mixed_precision(cfg), torch.float32)
+
+    def forward(*args):  # as accelerate wraps the model: only the forward runs under autocast, not the losses
+        with autocast(low):
+            return emb.backbone(*args)
+
+    return emb, build_examples(pairs, cfg.data, emb.config.tokens), forward
+
+
+# GradCache / accumulation tolerances per precision: float32 agrees to rounding; bf16 autocast rounds every
+# matmul to 8 bits of mantissa, and a chunk of 2 rounds differently from a batch of 4 (docs/precision.md)
+GRAD_TOL = {"no": (1e-4, 1e-5), "bf16": (5e-2, 5e-2)}  # (rtol, atol relative to the tensor's largest value)
 
 
 def grads(emb) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in emb.backbone.named_parameters() if p.grad is not None}
 
 
-def test_gradcache_equals_the_full_batch_on_the_real_backbone(world, tmp_path):
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_gradcache_equals_the_full_batch_on_the_real_backbone(world, tmp_path, precision):
     results = []
     for chunk in (0, 2, 1):
         cfg = cfg_for(
             world, tmp_path, f"batch.chunk={chunk}", "loss.cross_mode=0.5", "data.hard_negatives=2",
-            "data.tasks=[Toy-CLS]",
+            "data.tasks=[Toy-CLS]", f"run.mixed_precision={precision}",
         )  # fmt: skip
-        emb, examples = setup(world, cfg)
+        emb, examples, forward = setup(world, cfg)
         emb.backbone.train()
-        out = batch_backward(emb.backbone, emb, examples[:4], cfg, lambda x: x.backward())
+        out = batch_backward(forward, emb, examples[:4], cfg, lambda x: x.backward())
         results.append((out, grads(emb)))
+    rtol, atol = GRAD_TOL[precision]
     (full, g_full), *others = results
     assert set(g_full) and all(n.find(".visual.blocks") < 0 for n in g_full)  # vision tower frozen
     for out, g in others:
         for k in ("loss", "disc_loss", "gen_loss", "cross_loss", "lm_loss"):
-            assert float(out[k]) == pytest.approx(float(full[k]), rel=1e-5, abs=1e-6), k
+            assert float(out[k]) == pytest.approx(float(full[k]), rel=rtol / 10, abs=atol / 10), k
         assert set(g) == set(g_full)
         for n in g_full:
-            scale = g_full[n].abs().max().item()  # float32: agree to rounding relative to the tensor's size
-            torch.testing.assert_close(g[n], g_full[n], rtol=1e-4, atol=1e-5 * scale, msg=n)
+            assert g[n].dtype == torch.float32  # float32 master weights get float32 gradients
+            scale = g_full[n].abs().max().item()  # agree to rounding relative to the tensor's size
+            torch.testing.assert_close(g[n], g_full[n], rtol=rtol, atol=atol * scale, msg=n)
 
 
 def test_a_few_steps_change_the_trainable_weights_and_lower_the_loss_on_a_fixed_batch(world, tmp_path):
     cfg = cfg_for(world, tmp_path)
-    emb, examples = setup(world, cfg)
+    emb, examples, _ = setup(world, cfg)
     bb = emb.backbone
     bb.train()
     before = {n: p.detach().clone() for n, p in bb.named_parameters()}
@@ -94,13 +112,15 @@ def test_a_few_steps_change_the_trainable_weights_and_lower_the_loss_on_a_fixed_
     assert not any(".visual.blocks" in n for n in changed)
 
 
-def test_accumulation_averages_the_gradients_of_consecutive_batches(world, tmp_path):
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_accumulation_averages_the_gradients_of_consecutive_batches(world, tmp_path, precision):
     """One optimizer step with accumulation 2 equals AdamW on the mean gradient of the next two batches."""
     cfg = cfg_for(world, tmp_path, "batch.accumulation=2", "run.max_steps=1", "optim.max_grad_norm=0",
-                  "optim.warmup_ratio=0", "optim.scheduler=constant", "optim.lr=1e-3")  # fmt: skip
+                  "optim.warmup_ratio=0", "optim.scheduler=constant", "optim.lr=1e-3",
+                  f"run.mixed_precision={precision}")  # fmt: skip
     final = train_stage1(cfg, log=False)
-    trained = dict(Embedder.from_pretrained(final).backbone.named_parameters())
-    emb, examples = setup(world, cfg)
+    trained = dict(Embedder.from_pretrained(final, train=True).backbone.named_parameters())
+    emb, examples, forward = setup(world, cfg)
     emb.backbone.train()
     order = BatchOrder(len(examples), cfg.run.seed)
     torch.manual_seed(cfg.run.seed)
@@ -108,18 +128,18 @@ def test_accumulation_averages_the_gradients_of_consecutive_batches(world, tmp_p
     opt = torch.optim.AdamW(params, lr=1e-3)
     for _ in range(2):
         batch = [examples[i] for i in order.next(4)]
-        batch_backward(emb.backbone, emb, batch, cfg, lambda x: (x / 2).backward())
+        batch_backward(forward, emb, batch, cfg, lambda x: (x / 2).backward())
     opt.step()
     mine = dict(emb.backbone.named_parameters())
     assert set(trained) == set(mine)
     for n, v in trained.items():
-        torch.testing.assert_close(v.detach(), mine[n].detach(), rtol=1e-5, atol=1e-7, msg=n)
-    start = dict(Embedder.from_pretrained(world["tiny"]).backbone.named_parameters())
+        torch.testing.assert_close(v.detach().float(), mine[n].detach().float(), rtol=1e-5, atol=1e-7, msg=n)
+    start = dict(Embedder.from_pretrained(world["tiny"], train=True).backbone.named_parameters())
     assert not all(torch.equal(v, start[n]) for n, v in trained.items())  # the step did something
 
 
 def test_killed_with_sigkill_then_resumed_reaches_the_same_weights(world, tmp_path):
-    common = [f"model.init={world['tiny']}", f"data.source={world['toy']}", "data.variant=none", "batch.size=4",
+    common = [f"model.init={world['tiny']}", f"data.source={world['toy']}", "run.mixed_precision=no", "data.variant=none", "batch.size=4",
               "batch.chunk=2", "run.max_steps=60", "run.save_every=5", "run.log_every=10"]  # fmt: skip
     ref = cfg_for(world, tmp_path, *common, f"run.output={tmp_path / 'ref'}")
     ref_final = train_stage1(ref, log=False)
@@ -245,7 +265,7 @@ def launch_two(world_args: list[str], out: Path) -> None:
 def test_two_process_ddp_equals_one_process_with_the_global_batch(world, tmp_path):
     """2 CPU processes (gloo) x batch 4 == 1 process x batch 8: the same global batches, negatives gathered
     across processes, gradients averaged by DDP, the LM term a token mean over the global batch."""
-    common = [f"model.init={world['tiny']}", f"data.source={world['toy']}", "data.variant=none",
+    common = [f"model.init={world['tiny']}", f"data.source={world['toy']}", "run.mixed_precision=no", "data.variant=none",
               "batch.chunk=2", "run.max_steps=3", "run.save_every=3", "run.tensorboard=false",
               "loss.cross_mode=0.3", "batch.accumulation=2"]  # fmt: skip
     launch_two([*common, "batch.size=4"], tmp_path / "ddp")
@@ -267,7 +287,13 @@ SHARDED = ["data.variant=none", "batch.chunk=2", "run.max_steps=3", "run.save_ev
 def one_process(world, tmp_path_factory):
     """The reference: 1 process, global batch 8, checkpoints at steps 2 and 3."""
     out = tmp_path_factory.mktemp("one") / "run"
-    args = [f"model.init={world['tiny']}", f"data.source={world['toy']}", *SHARDED, "batch.size=8"]
+    args = [
+        f"model.init={world['tiny']}",
+        f"data.source={world['toy']}",
+        "run.mixed_precision=no",
+        *SHARDED,
+        "batch.size=8",
+    ]
     train_stage1(load_train_config(None, [*args, f"run.output={out}"]), log=False)
     return out
 
@@ -287,7 +313,7 @@ def test_a_resume_keeps_the_config_but_may_split_the_batch_otherwise(world, one_
     from mmemb.train.stage1 import check_resumable
 
     ckpt = one_process / "checkpoints" / "step-000002"
-    args = [f"model.init={world['tiny']}", f"data.source={world['toy']}", *SHARDED]
+    args = [f"model.init={world['tiny']}", f"data.source={world['toy']}", "run.mixed_precision=no", *SHARDED]
     check_resumable(
         ckpt, load_train_config(None, [*args, "batch.size=8", "batch.chunk=4"]), 1
     )  # chunk: memory only
@@ -310,7 +336,7 @@ def test_sharded_training_equals_one_process_and_checkpoints_move_between_strate
     checkpoints (weights and AdamW moments) and the final model. Then a sharded run resumed from the 1-process
     step-2 checkpoint reaches the same step-3 checkpoint: checkpoints do not depend on the strategy."""
     pytest.importorskip("deepspeed") if strategy == "deepspeed" else None
-    args = [f"model.init={world['tiny']}", f"data.source={world['toy']}", *SHARDED, "batch.size=4",
+    args = [f"model.init={world['tiny']}", f"data.source={world['toy']}", "run.mixed_precision=no", *SHARDED, "batch.size=4",
             f"run.strategy={strategy}"]  # fmt: skip
     if strategy == "deepspeed":  # the shipped config
         args.append(f"run.deepspeed_config={Path(__file__).parents[1] / 'configs' / 'deepspeed-zero2.json'}")
@@ -334,7 +360,7 @@ def nano_world(world, tmp_path_factory):
     """nano (peft LoRA in each decoder block, tied embeddings, a frozen channels_last vision tower): 1 process,
     global batch 8, 2 steps."""
     out = tmp_path_factory.mktemp("nano-one") / "run"
-    args = ["model.init=nano", f"data.source={world['toy']}", "data.variant=none", "run.max_steps=2",
+    args = ["model.init=nano", f"data.source={world['toy']}", "run.mixed_precision=no", "data.variant=none", "run.max_steps=2",
             "run.save_every=2", "run.tensorboard=false", "batch.chunk=2", "loss.cross_mode=0.3"]  # fmt: skip
     train_stage1(load_train_config(None, [*args, "batch.size=8", f"run.output={out}"]), log=False)
     return args, out
@@ -356,8 +382,12 @@ def test_nano_trains_sharded_like_one_process(nano_world, tmp_path, strategy):
     assert off < 1e-3 * total, f"{off} of {total} values differ"
     # the final model (trained tensors gathered into a fresh unsharded nano) embeds like the 1-process one
     texts = ["a red circle", "a blue square"]
-    x = Embedder.from_pretrained(tmp_path / "two" / "final").encode(texts, mode="disc").vectors
-    y = Embedder.from_pretrained(one / "final").encode(texts, mode="disc").vectors
+    x = (
+        Embedder.from_pretrained(tmp_path / "two" / "final", dtype="float32")
+        .encode(texts, mode="disc")
+        .vectors
+    )
+    y = Embedder.from_pretrained(one / "final", dtype="float32").encode(texts, mode="disc").vectors
     assert np.allclose(x, y, atol=1e-5)  # 2 steps move the init model 1.4e-3 away
 
 

@@ -90,7 +90,9 @@ def test_deepspeed_config_contradicting_mmemb_is_refused(conf, message):
     from mmemb.train.parallel import deepspeed_config
 
     with pytest.raises(InputError, match=message):
-        deepspeed_config(conf, load_train_config(None, ["run.strategy=deepspeed"]), "ds.json")
+        deepspeed_config(
+            conf, load_train_config(None, ["run.strategy=deepspeed", "run.mixed_precision=no"]), "ds.json"
+        )
 
 
 def test_the_shipped_deepspeed_config_is_accepted():

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="compute dtype (default: the model's saved setting, auto = bf16 where the hardware has it)")  # fmt: skip
 
     p = sub.add_parser("eval", help=COMMANDS["eval"], description=COMMANDS["eval"])
     p.add_argument(
@@ -99,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         "upper bound), pass@k (k sampled gen runs)",
     )
     p.add_argument("--samples", type=int, default=4, help="k for pass@k")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="compute dtype (default: the model's saved setting, auto = bf16 where the hardware has it)")  # fmt: skip
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature for pass@k")
     p.add_argument("--max-new-tokens", type=int, help="gen: override the model's max_new_tokens")
     p.add_argument("--batch-size", type=int, default=16)
@@ -150,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-only", action="store_true", help="evaluate --model only (no training)")
     p.add_argument("--model", help="eval-only: the model to evaluate (default nano-r1, the shipped weights)")
     p.add_argument("--tiny", action="store_true", help="tiny random Qwen2-VL and a 5%% mmeb-mini build (CI)")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="compute dtype (default: the model's saved setting, auto = bf16 where the hardware has it)")  # fmt: skip
     p.add_argument("--limit", type=int, help="test queries per task (default 30; 0: all)")
     p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("serve", help=COMMANDS["serve"], description=COMMANDS["serve"] + " The API key, if any, "
@@ -157,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="nano", help="as `mmemb embed --model` (e.g. nano-r1, a saved folder)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="compute dtype (default: the model's saved setting, auto = bf16 where the hardware has it)")  # fmt: skip
     p.add_argument("--mode", default="disc", choices=MODES, help="mode of a request that names none")
     p.add_argument("--max-batch", type=int, default=16, help="items per model batch")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill")
@@ -224,7 +232,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise InputError("--batch-size must be >= 1")
     samples = read_items(args.input)  # validates every line before loading the model
     _quiet_libraries()
-    embedder = Embedder.from_pretrained(args.model)
+    embedder = Embedder.from_pretrained(args.model, dtype=args.dtype)
     try:
         result = embedder.encode(samples, mode=args.mode, batch_size=args.batch_size, progress=not args.quiet)
     except InputError as e:
@@ -272,8 +280,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         allow_any_mode_pair=args.allow_any_mode_pair,
         progress=not args.quiet,
     )
+    from .embedder import Embedder
+
     result = evaluate(
-        args.model,
+        Embedder.from_pretrained(args.model, dtype=args.dtype) if args.dtype else args.model,
         args.tasks,
         out,
         settings,
@@ -359,7 +369,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             raise InputError(f"--limit {args.limit}: give 0 (all test queries) or more")
         recipe.eval_limit = args.limit
     _quiet_libraries()
-    reproduce(out, recipe, eval_only=args.eval_only, log=not args.quiet)
+    reproduce(out, recipe, eval_only=args.eval_only, log=not args.quiet, dtype=args.dtype)
     return 0
 
 
@@ -386,7 +396,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=os.environ.get("MMEMB_API_KEY") or None,
         limits=Limits(max_items=args.max_items, max_image_pixels=args.max_image_pixels, allow_path_root=root),
     )  # fmt: skip
-    embedder = Embedder.from_pretrained(args.model)
+    embedder = Embedder.from_pretrained(args.model, dtype=args.dtype)
     print(f"mmemb serve: {args.model} on http://{args.host}:{args.port} (mode {args.mode}, lanes {args.lanes}, "
           f"API key {'on' if settings.api_key else 'off'})", file=sys.stderr, flush=True)  # fmt: skip
     serve(embedder, settings, host=args.host, port=args.port)

@@ -33,7 +33,12 @@ class BackboneConfig:
     family: str = _f(
         "", "hf: model family (qwen2_vl, qwen2_5_vl, qwen3_vl); read from the model config if empty."
     )
-    dtype: str = _f("float32", "Weights and compute dtype: float32 | bfloat16 | float16.")
+    dtype: str = _f(
+        "auto",
+        "Compute dtype: auto | float32 | bfloat16 | float16. auto = bfloat16 where the hardware has it (a CUDA "
+        "GPU with bf16, a CPU with avx512_bf16 or AMX), else float32; printed when the model loads. Training "
+        "keeps float32 master weights (precision.py).",
+    )
     max_length: int = _f(2048, "Longest prompt in tokens (text + visual tokens); longer inputs are an error.")
     num_frames: int = _f(8, "Video: frames sampled uniformly per clip.")
     max_image_pixels: int = _f(

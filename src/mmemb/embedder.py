@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -24,9 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import precision
 from .backbones import build_backbone
 from .backbones.base import Backbone, Prompts
 from .config import BackboneConfig, EmbedderConfig
+from .decode import Row, Start, decode
 from .policy_head import WEIGHTS as POLICY_WEIGHTS
 from .policy_head import PolicyHead
 from .types import MODES, Embeddings, InputError, Sample
@@ -58,6 +61,9 @@ class Embedder:
         width = backbone.input_embeddings().weight.shape[1]
         self.policy = PolicyHead(width, len(config.policy.budgets)).to(backbone.device)
         self.reset_policy()
+        self.dtype = (
+            backbone.input_embeddings().weight.dtype
+        )  # the compute dtype (from_pretrained resolves it)
 
     def reset_policy(self) -> None:
         """The untrained decision: the LM's own preference between <no_think> and <think> (policy_head.py)."""
@@ -66,24 +72,31 @@ class Embedder:
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, **backbone_overrides) -> Embedder:
-        """'nano' -> a fresh nano embedder; 'nano-r1' -> nano trained by `mmemb reproduce` (shipped); a folder saved by `save_pretrained` -> that embedder;
-        any other folder or hub id -> a fresh embedder over that Qwen-VL model (hf backbone)."""
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        dtype: str | None = None,
+        device: str | None = None,
+        train: bool = False,
+        quiet: bool = False,
+        **backbone_overrides,
+    ) -> Embedder:
+        """'nano' -> a fresh nano embedder; 'nano-r1' -> nano trained by `mmemb reproduce` (shipped); a folder
+        saved by `save_pretrained` -> that embedder; any other folder or hub id -> a fresh embedder over that
+        Qwen-VL model (hf backbone).
+
+        dtype: overrides the saved `backbone.dtype` (auto | float32 | bfloat16 | float16; precision.py).
+        device: 'cpu', 'cuda', 'cuda:1', ... (default: cuda when available, else cpu). The resolved dtype is
+        printed on stderr unless `quiet`. train=True: weights stay float32 (the trainer keeps float32 masters,
+        casts the frozen tensors and runs the forward under autocast: train/stage1.py)."""
         path = PRETRAINED.get(str(name_or_path), Path(name_or_path))
         if str(name_or_path) in PRETRAINED and not (path / CONFIG_NAME).is_file():
             raise InputError(f"{name_or_path}: its weights are missing from this install ({path}); "
                              "reinstall mmemb, or train them with `mmemb reproduce`")  # fmt: skip
-        if (path / CONFIG_NAME).is_file():
+        saved = (path / CONFIG_NAME).is_file()
+        if saved:
             config = EmbedderConfig.load(path / CONFIG_NAME)
-            backbone = build_backbone(config.backbone, saved=path)
-            embedder = cls(backbone, config)
-            backbone.load_weights(path)
-            if (path / POLICY_WEIGHTS).is_file():
-                embedder.policy.load(path / POLICY_WEIGHTS)
-            else:
-                embedder.reset_policy()  # from the loaded LM head
-            return embedder
-        if str(name_or_path) == "nano":
+        elif str(name_or_path) == "nano":
             config = EmbedderConfig(backbone=BackboneConfig(kind="nano", **backbone_overrides))
         else:
             if path.exists() and not (path / "config.json").is_file():
@@ -94,7 +107,26 @@ class Embedder:
             config = EmbedderConfig(
                 backbone=BackboneConfig(kind="hf", source=str(name_or_path), **backbone_overrides)
             )
-        return cls(build_backbone(config.backbone), config)
+        if dtype is not None:
+            config.backbone.dtype = dtype
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        resolved, why = precision.resolve(config.backbone.dtype, device)
+        load = torch.float32 if train else resolved
+        backbone = build_backbone(config.backbone, saved=path if saved else None, dtype=load)
+        embedder = cls(backbone, config)
+        if saved:
+            backbone.load_weights(path)
+            if (path / POLICY_WEIGHTS).is_file():
+                embedder.policy.load(path / POLICY_WEIGHTS)
+            else:
+                embedder.reset_policy()  # from the loaded LM head
+        embedder.dtype = resolved
+        backbone.to(device=device, dtype=load)
+        embedder.policy.to(device)
+        if not quiet:
+            print(f"mmemb: {name_or_path} on {device} in {precision.NAMES[resolved]} ({why})"
+                  + ("; training keeps float32 weights" if train else ""), file=sys.stderr)  # fmt: skip
+        return embedder
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write weights (safetensors) and embedder_config.json; atomic (temp folder, then rename)."""
@@ -117,6 +149,7 @@ class Embedder:
         gen, think and nothink vectors survive policy training; adaptive adds `policy_fingerprint`."""
         config = self.config.to_dict()
         config.pop("policy")
+        config["backbone"]["dtype"] = precision.NAMES[self.dtype]  # what ran, not the setting (auto)
         h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
         tensors = dict(self.backbone.named_parameters()) | dict(self.backbone.named_buffers())  # shared once
         for name, p in sorted(tensors.items()):
@@ -178,96 +211,111 @@ class Embedder:
                     f"(got mode={mode!r}, {len(completions)} completions for {len(samples)} inputs)"
                 )
             completions = list(completions)
-        if mode == "adaptive":
-            return self._encode_adaptive(samples, batch_size, progress, max_new_tokens, temperature)
+        if mode in ("gen", "think", "adaptive") and completions is None:
+            return self._encode_generating(samples, mode, batch_size, progress, max_new_tokens, temperature)
         if mode == "nothink":
             completions = [self.no_think] * len(samples)
-        if mode == "disc" or completions is not None:
 
-            def run(prompts: Prompts, rows: list[int]) -> tuple[torch.Tensor, list[dict]]:
-                hidden, _ = self.backbone.prefill(prompts, use_cache=False)
-                info = [{"text": completions[i] if completions else ""} for i in rows]
-                return hidden[:, -1], info  # (B, D): the state at <disc_emb>, or the completion's last token
+        def run(prompts: Prompts, rows: list[int]) -> torch.Tensor:
+            hidden, _ = self.backbone.prefill(prompts, use_cache=False)
+            return hidden[:, -1]  # (B, D): the state at <disc_emb>, or the completion's last token
 
-        else:
-            first = self.ids["think_open"] if mode == "think" else None
-
-            def run(prompts: Prompts, rows: list[int]) -> tuple[torch.Tensor, list[dict]]:
-                return self._generate_rows(prompts, max_new_tokens, temperature, first)
-
-        vectors, info, seconds = self._batched(samples, completions, batch_size, progress, mode, run)
+        vectors, seconds = self._batched(samples, completions, batch_size, progress, mode, run)
         if mode == "disc":
             return Embeddings(vectors, mode, seconds=seconds)
-        think = self.config.tokens.think_open
         return Embeddings(
             vectors,
             mode,
-            texts=[r["text"] for r in info],
-            gen_tokens=[r.get("tokens", 0) for r in info],
-            gen_emb_found=[r.get("found", True) for r in info],
+            texts=list(completions),
+            gen_tokens=[0] * len(samples),
+            gen_emb_found=[True] * len(samples),
             seconds=seconds,
-            reasoned=[r["text"].lstrip().startswith(think) for r in info],
+            reasoned=[c.lstrip().startswith(self.config.tokens.think_open) for c in completions],
         )
 
-    def _encode_adaptive(
+    def _encode_generating(
         self,
         samples: list[Sample],
+        mode: str,
         batch_size: int,
         progress: bool,
         max_new_tokens: int | None,
         temperature: float | None,
     ) -> Embeddings:
-        """Adaptive mode in two passes.
+        """gen, think and adaptive through the continuous-batching decoder (decode.py): at most `batch_size`
+        rows decode at once, a row leaves the batch when it ends and the next input takes its slot.
 
-        1. One teacher-forced forward over prompt + `<no_think><gen_emb>` for every row. Causal attention
-           makes the state at `<disc_emb>` (position -3) the disc state, which the policy head reads to pick
-           an action; the last position is the row's no-think vector. Deciding costs no extra compute.
-        2. Rows whose action reasons are regrouped by budget and decoded exactly as think mode, so a batch
-           decodes only rows that reason (their prompt is prefilled a second time: one forward, against the
-           tens of decode steps that regrouping saves).
-        Every row therefore equals the fixed-mode output of its action: nothink, or think with that budget.
+        adaptive: one prefill over prompt + `<no_think><gen_emb>` per row. Causal attention makes the state at
+        `<disc_emb>` (position -3) the disc state, which the policy head reads to pick an action; a no-think
+        row ends there, its vector the prefill's last state (exactly nothink mode). A row that reasons drops
+        the two no-think tokens from its KV cache and decodes on from `<disc_emb>` with `<think>` forced and
+        its budget as cap (exactly think mode). Nothing is prefilled twice, and deciding costs two tokens.
         """
-        budgets = self.config.policy.budgets
-        names = self.config.policy.action_names()
-        decision_temp = self.config.policy.temperature
+        g = self.config.generation
+        cap = g.max_new_tokens if max_new_tokens is None else max_new_tokens
+        temp = g.temperature if temperature is None else temperature
+        budgets, names = self.config.policy.budgets, self.config.policy.action_names()
+        think = self.ids["think_open"]
+        adaptive = mode == "adaptive"
+        suffix = self.no_think if adaptive else ""
+        order = sorted(range(len(samples)), key=lambda i: self._cost(samples[i]))
+        rows = [Row(i, cap, think if mode == "think" else None) for i in order]
 
-        def decide(prompts: Prompts, rows: list[int]) -> tuple[torch.Tensor, list[dict]]:
-            hidden, _ = self.backbone.prefill(prompts, use_cache=False)  # (B, T, D)
-            logits = self.policy(hidden[:, -3])  # (B, A): from the state at <disc_emb>
-            if decision_temp > 0:
-                action = torch.multinomial(torch.softmax(logits / decision_temp, -1), 1).squeeze(-1)
-            else:
-                action = logits.argmax(-1)  # (B,)
-            return hidden[:, -1], [{"text": self.no_think, "action": int(a)} for a in action]
+        def prepare(indices: list[int]) -> Prompts:
+            rendered = [self.prompt(samples[i]) + suffix for i in indices]
+            with self.tokenizer_lock:
+                return self.backbone.prepare([samples[i] for i in indices], rendered)
 
-        completions = [self.no_think] * len(samples)
-        vectors, info, seconds = self._batched(samples, completions, batch_size, progress, "adaptive", decide)
-        first = self.ids["think_open"]
-        for a in range(1, len(budgets)):
-            rows = [i for i, r in enumerate(info) if r["action"] == a]
-            if not rows:
-                continue
-            cap = budgets[a] if max_new_tokens is None else min(budgets[a], max_new_tokens)
+        def start(hidden: torch.Tensor, group: list[Row]) -> Start:
+            if not adaptive:
+                return Start({}, list(range(len(group))))
+            for r, a in zip(group, self._decide(hidden[:, -3]), strict=True):  # the state at <disc_emb>
+                r.action = a
+                if a:
+                    r.first, r.cap = (
+                        think,
+                        budgets[a] if max_new_tokens is None else min(budgets[a], max_new_tokens),
+                    )
+            finished = {b: hidden[b, -1] for b, r in enumerate(group) if r.action == 0}  # at <gen_emb>
+            return Start(finished, [b for b, r in enumerate(group) if r.action], crop=2)
 
-            def think(prompts: Prompts, _rows: list[int], cap: int = cap) -> tuple[torch.Tensor, list[dict]]:
-                return self._generate_rows(prompts, cap, temperature, first)
-
-            vecs, out, secs = self._batched(
-                [samples[i] for i in rows], None, batch_size, progress, f"adaptive: {names[a]}", think
-            )
-            for j, i in enumerate(rows):
-                vectors[i], seconds[i] = vecs[j], seconds[i] + secs[j]
-                info[i] = out[j] | {"action": a}
+        width = self.backbone.input_embeddings().weight.shape[1]
+        vectors = np.zeros((len(samples), width), dtype=np.float32)
+        done: list[Row] = [None] * len(samples)  # type: ignore[list-item]
+        bar = _progress(len(samples), progress, f"embed ({mode})")
+        self.backbone.eval()
+        sample = lambda logits: sample_tokens(logits, temp, g.top_p)  # noqa: E731
+        for r in decode(self.backbone, rows, prepare, start, sample, self.ids, self.stop_ids, batch_size):
+            vec = r.vector.float()
+            vectors[r.index] = (
+                torch.nn.functional.normalize(vec, dim=-1) if self.config.normalize else vec
+            ).cpu()
+            done[r.index] = r
+            bar.update(1)
+        bar.close()
+        with self.tokenizer_lock:
+            texts = [self.no_think if adaptive and r.action == 0 else
+                     self.backbone.tokenizer.decode(r.tokens, skip_special_tokens=False) for r in done]  # fmt: skip
         return Embeddings(
             vectors,
-            "adaptive",
-            texts=[r["text"] for r in info],
-            gen_tokens=[r.get("tokens", 0) for r in info],
-            gen_emb_found=[r.get("found", True) for r in info],
-            seconds=seconds,
-            reasoned=[r["action"] > 0 for r in info],
-            actions=[names[r["action"]] for r in info],
+            mode,
+            texts=texts,
+            gen_tokens=[len(r.tokens) for r in done],
+            gen_emb_found=[r.found for r in done],
+            seconds=[r.seconds for r in done],
+            reasoned=[r.action > 0 for r in done]
+            if adaptive
+            else [t.lstrip().startswith(self.config.tokens.think_open) for t in texts],
+            actions=[names[r.action] for r in done] if adaptive else [],
         )
+
+    def _decide(self, disc_states: torch.Tensor) -> list[int]:
+        """The policy's action per row from its state at <disc_emb> (B, D)."""
+        logits = self.policy(disc_states)  # (B, A)
+        t = self.config.policy.temperature
+        if t > 0:
+            return torch.multinomial(torch.softmax(logits / t, -1), 1).squeeze(-1).tolist()
+        return logits.argmax(-1).tolist()
 
     def _batched(
         self,
@@ -276,17 +324,17 @@ class Embedder:
         batch_size: int,
         progress: bool,
         desc: str,
-        run: Callable[[Prompts, list[int]], tuple[torch.Tensor, list[dict]]],
-    ) -> tuple[np.ndarray, list[dict], list[float]]:
-        """Length-sorted batches of prompts (+ completions) through `run(prompts, rows) -> ((b, D), info)`.
-        Returns vectors (N, D) (normalised when the config says so), per-row info dicts, per-row seconds."""
+        run: Callable[[Prompts, list[int]], torch.Tensor],
+    ) -> tuple[np.ndarray, list[float]]:
+        """Length-sorted batches of prompts (+ completions) through `run(prompts, rows) -> (b, D)`, one forward
+        each (disc, nothink, teacher-forced gen). Returns vectors (N, D) (normalised when the config says so)
+        and per-row seconds (the batch's wall time over its size)."""
         order = sorted(
             range(len(samples)),
             key=lambda i: self._cost(samples[i]) + (len(completions[i]) if completions else 0),
         )
         width = self.backbone.input_embeddings().weight.shape[1]
         vectors = np.zeros((len(samples), width), dtype=np.float32)
-        info: list[dict] = [{} for _ in samples]
         seconds = [0.0] * len(samples)
         bar = _progress(len(samples), progress, f"embed ({desc})")
         self.backbone.eval()
@@ -296,31 +344,16 @@ class Embedder:
             rendered = [self.prompt(samples[i]) + (completions[i] if completions else "") for i in idx]
             with self.tokenizer_lock:
                 prompts = self.backbone.prepare([samples[i] for i in idx], rendered)
-            vecs, rows = run(prompts, idx)
-            vecs = vecs.float()
+            vecs = run(prompts, idx).float()
             if self.config.normalize:
                 vecs = torch.nn.functional.normalize(vecs, dim=-1)
             vectors[idx] = vecs.cpu().numpy()
             per_item = (time.perf_counter() - start_time) / len(idx)
-            for i, r in zip(idx, rows, strict=True):
-                seconds[i], info[i] = per_item, r
+            for i in idx:
+                seconds[i] = per_item
             bar.update(len(idx))
         bar.close()
-        return vectors, info, seconds
-
-    def _generate_rows(
-        self, prompts: Prompts, max_new_tokens: int | None, temperature: float | None, first: int | None
-    ) -> tuple[torch.Tensor, list[dict]]:
-        vecs, out_ids, ok = self.generate(
-            prompts, max_new_tokens=max_new_tokens, temperature=temperature, first=first
-        )
-        decode = self.backbone.tokenizer.decode
-        with self.tokenizer_lock:
-            texts = [decode(ids, skip_special_tokens=False) for ids in out_ids]
-        info = [
-            {"text": t, "tokens": len(ids), "found": f} for t, ids, f in zip(texts, out_ids, ok, strict=True)
-        ]
-        return vecs, info
+        return vectors, seconds
 
     def _cost(self, s: Sample) -> int:
         return len(s.text or "") + len(s.instruction or "") + 400 * len(s.media())
@@ -329,61 +362,28 @@ class Embedder:
     def generate(
         self,
         prompts: Prompts,
-        reuse_prefill: bool = True,
         max_new_tokens: int | None = None,
         temperature: float | None = None,
         first: int | None = None,
     ) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
-        """Decode from the prefill's KV cache until each row feeds <gen_emb>; read the state there.
+        """Decode one prepared batch from its prefill's KV cache until each row feeds <gen_emb>; read the
+        state there (the decoder `encode` uses, on a batch you prepared: `backbone.prepare`).
 
-        Returns vectors (B, D), the generated token ids per row (ending with <gen_emb> when found), and per
-        row whether <gen_emb> was reached. A row that hits max_new_tokens or an end-of-sequence token first
-        falls back to the state at its last fed token and is flagged False. `<gen_emb>` is forced right after
-        `</answer>` and after `<no_think>` (the no-think completion is `<no_think><gen_emb>`). `first`: a
-        token id forced as every row's first token (think mode forces `<think>`). `reuse_prefill=False`
-        prefills a second time (only for the benchmark that shows why not).
+        Returns vectors (B, D) (not normalised), the generated token ids per row (ending with <gen_emb> when
+        found), and per row whether <gen_emb> was reached. A row that hits max_new_tokens or an end-of-sequence
+        token first falls back to the state at its last fed token and is flagged False. `<gen_emb>` is forced
+        right after `</answer>` and after `<no_think>`. `first`: a token id forced as every row's first token.
         """
-        bb, g = self.backbone, self.config.generation
-        hidden, state = bb.prefill(prompts)
-        if not reuse_prefill:
-            _, state = bb.prefill(prompts)
-        last = hidden[:, -1]  # (B, D) state at <disc_emb>
-        B = last.shape[0]
-        done = torch.zeros(B, dtype=torch.bool, device=last.device)
-        found = [False] * B
-        out: list[list[int]] = [[] for _ in range(B)]
-        vecs = last.clone()
-        prev = torch.full((B,), -1, dtype=torch.long, device=last.device)
-        logits = bb.logits(last)  # (B, V)
-        gen_emb = self.ids["gen_emb"]
-        force_after = torch.tensor([self.ids["answer_close"], self.ids["no_think"]], device=last.device)
-        for step in range(g.max_new_tokens if max_new_tokens is None else max_new_tokens):
-            tok = sample_tokens(
-                logits, g.temperature if temperature is None else temperature, g.top_p
-            )  # (B,)
-            if step == 0 and first is not None:
-                tok = torch.full_like(tok, first)
-            tok = torch.where(torch.isin(prev, force_after), torch.full_like(tok, gen_emb), tok)
-            stop = torch.isin(tok, self.stop_ids.to(tok.device)) & ~done
-            vecs[stop] = last[stop]  # ended without <gen_emb>: fall back to the last fed state
-            done |= stop
-            active = ~done
-            if not active.any():
-                break
-            tok = torch.where(active, tok, torch.full_like(tok, self.pad_id))
-            h = bb.step(tok, state, active)  # (B, D): state of the token just fed
-            last = torch.where(active[:, None], h, last)
-            for b in torch.nonzero(active).flatten().tolist():
-                out[b].append(int(tok[b]))
-                if tok[b] == gen_emb:
-                    vecs[b], found[b] = h[b], True
-            done |= tok == gen_emb
-            prev = tok
-            if done.all():
-                break
-            logits = bb.logits(h)
-        vecs[~done] = last[~done]
-        return vecs, out, found
+        g = self.config.generation
+        cap = g.max_new_tokens if max_new_tokens is None else max_new_tokens
+        temp = g.temperature if temperature is None else temperature
+        B = prompts.input_ids.shape[0]
+        rows = [Row(i, cap, first) for i in range(B)]
+        start = lambda hidden, group: Start({}, list(range(len(group))))  # noqa: E731
+        sample = lambda logits: sample_tokens(logits, temp, g.top_p)  # noqa: E731
+        done = sorted(decode(self.backbone, rows, lambda _: prompts, start, sample, self.ids, self.stop_ids, B),
+                      key=lambda r: r.index)  # fmt: skip
+        return torch.stack([r.vector for r in done]), [r.tokens for r in done], [r.found for r in done]
 
 
 def sample_tokens(

@@ -39,6 +39,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import precision
 from .types import InputError
 
 VARIANTS = ("none", "all", "absolute", "selected")
@@ -118,11 +119,17 @@ class Recipe:
 class Study:
     """The stages over one OUT folder (module docstring)."""
 
-    def __init__(self, out: Path, recipe: Recipe, eval_only: bool = False, log: bool = True) -> None:
+    def __init__(
+        self, out: Path, recipe: Recipe, eval_only: bool = False, log: bool = True, dtype: str | None = None
+    ) -> None:
         self.out, self.recipe, self.eval_only, self.log = Path(out), recipe, eval_only, log
+        # every model of the study is loaded in one compute dtype (None: each model's saved setting); what it
+        # resolves to on this hardware changes the numbers, so it is pinned with the recipe
+        self.dtype = dtype
+        self.dtype_name = precision.NAMES[precision.resolve(dtype or "auto", _device())[0]]
         self.out.mkdir(parents=True, exist_ok=True)
         pinned = self.out / "recipe.json"
-        mine = asdict(recipe) | {"eval_only": eval_only}
+        mine = asdict(recipe) | {"eval_only": eval_only, "dtype": self.dtype_name}
         if pinned.is_file():
             theirs = json.loads(pinned.read_text())
             diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
@@ -305,7 +312,7 @@ class Study:
 
         r = self.recipe
         for name, path in self.models().items():
-            model = Embedder.from_pretrained(path)
+            model = Embedder.from_pretrained(path, dtype=self.dtype)
             trained_policy = bool(model.config.policy.trained)
             for run, (qm, tm) in MODES.items():
                 if run == "adaptive" and not trained_policy:
@@ -336,6 +343,7 @@ class Study:
             if (s / "DONE.json").is_file()
         }
         results["mmemb_commit"] = self.started_at()
+        results["dtype"] = self.dtype_name
         recorded = self.models()["model"] / "results.json" if self.eval_only else None
         if recorded is not None and recorded.is_file():
             results["recorded"] = json.loads(recorded.read_text())
@@ -383,8 +391,10 @@ ALL_STAGES = TRAIN_STAGES + ["policy", "eval", "sweep", "report", "export"]
 EVAL_ONLY_STAGES = ["data", "eval", "report"]
 
 
-def reproduce(out: Path, recipe: Recipe, eval_only: bool = False, log: bool = True) -> dict:
-    study = Study(out, recipe, eval_only, log)
+def reproduce(
+    out: Path, recipe: Recipe, eval_only: bool = False, log: bool = True, dtype: str | None = None
+) -> dict:
+    study = Study(out, recipe, eval_only, log, dtype)
     study.run(EVAL_ONLY_STAGES if eval_only else ALL_STAGES)
     return json.loads((Path(out) / "results.json").read_text())
 
@@ -461,9 +471,15 @@ def format_results(res: dict) -> str:
         same_data = data.get("content_hash") == rec_data.get("content_hash")
         lines.append(f"- data: {data.get('version')}, content hash {data.get('content_hash')} "
                      f"({'the recorded build' if same_data else 'DIFFERENT from the recorded build'})")  # fmt: skip
+        now, then = res.get("dtype", "float32"), res["recorded"].get("dtype", "float32")
+        if now != then:
+            lines.append(f"- computed in {now} here, recorded in {then}: rounding moves single queries, so the "
+                         "scores may differ within noise (one standard error of the overall is about 2 points "
+                         "at 270 queries; README, Speed)")  # fmt: skip
         for run, r in main.items():
             if run in recorded:
-                same = "same" if abs(r["overall"] - recorded[run]["overall"]) < 0.05 else "DIFFERENT"
+                diff = r["overall"] - recorded[run]["overall"]
+                same = "same" if abs(diff) < 0.05 else (f"{diff:+.1f}" if now != then else "DIFFERENT")
                 lines.append(
                     f"- {LABELS[run]}: {r['overall']:.1f} now, {recorded[run]['overall']:.1f} recorded ({same})"
                 )
@@ -518,6 +534,12 @@ def _write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _hms(s: float) -> str:

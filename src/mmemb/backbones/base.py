@@ -51,6 +51,7 @@ class Backbone(nn.Module):
 
     kind: str = ""
     mrope: bool = False
+    saves_frozen: bool = True  # `save` writes the frozen weights too (hf); nano saves only what it trains
 
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()

@@ -44,7 +44,6 @@ FAMILIES: dict[str, dict] = {
         "vision_end": "<|vision_end|>",
     },
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SAVED_SUBDIR = "backbone"
 
 
@@ -52,15 +51,15 @@ class HFBackbone(Backbone):
     kind = "hf"
     mrope = True
 
-    def __init__(self, config: BackboneConfig, saved: Path | None = None) -> None:
+    def __init__(
+        self, config: BackboneConfig, saved: Path | None = None, dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__(config)
         from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
         source = str(Path(saved) / SAVED_SUBDIR) if saved else config.source
         if not source:
             raise InputError("backbone.source is empty: give a Qwen-VL hub id or local folder")
-        if config.dtype not in DTYPES:
-            raise InputError(f"backbone.dtype {config.dtype!r}: choose one of {sorted(DTYPES)}")
         try:
             model_config = AutoConfig.from_pretrained(source)
         except OSError as e:
@@ -75,7 +74,7 @@ class HFBackbone(Backbone):
                 f"supported: {sorted(FAMILIES)}"
             )
         self.family = FAMILIES[family]
-        self.model = AutoModelForImageTextToText.from_pretrained(source, dtype=DTYPES[config.dtype])
+        self.model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype or torch.float32)
         self.hf_model = self.model
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         self.tokenizer.padding_side = "left"
@@ -106,7 +105,10 @@ class HFBackbone(Backbone):
             merge = self.image_processor.merge_size**2
             counts = iter((grid.prod(-1) // merge).tolist())  # visual tokens per image
             texts = [_expand(t, pad, counts) for t in texts]
-            extra = {"pixel_values": processed["pixel_values"].to(self.model.dtype), "image_grid_thw": grid}
+            extra = {
+                "pixel_values": processed["pixel_values"].to(self.model.model.visual.dtype),
+                "image_grid_thw": grid,
+            }
         enc = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
         ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, T)
         self.check_lengths(samples, mask.sum(1).tolist())

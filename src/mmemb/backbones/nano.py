@@ -34,6 +34,7 @@ VISION_CHUNK = 4  # images per vision-encoder call (see encode_images)
 class NanoBackbone(Backbone):
     kind = "nano"
     mrope = False
+    saves_frozen = False
 
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__(config)
@@ -124,7 +125,8 @@ class NanoBackbone(Backbone):
         The frozen encoder runs VISION_CHUNK images at a time: on CPU, activations of a few images stay in
         cache, and 128 frames in small chunks take a third of the time of one big batch (same numbers:
         tests/test_nano.py::test_chunked_vision_equals_one_batch)."""
-        x = pixel_values.contiguous(memory_format=torch.channels_last)
+        stem = self.vision._conv_stem.weight  # the frozen tower's dtype: float32, or bf16 once cast
+        x = pixel_values.to(stem.device, stem.dtype).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             maps = [
                 self.vision.forward_features(x[i : i + VISION_CHUNK]) for i in range(0, len(x), VISION_CHUNK)
@@ -149,9 +151,13 @@ class NanoBackbone(Backbone):
         return Prompts(ids, mask, self.text_positions(mask), extra)
 
     def forward_hidden(self, input_ids, attention_mask, position_ids, cache=None, extra=None, use_cache=True):
+        device = self.added_rows.device
+        input_ids, attention_mask, position_ids = (
+            t.to(device) for t in (input_ids, attention_mask, position_ids)
+        )
         embeds = self.embed_tokens(input_ids)  # (B, T, D)
         if extra and "pixel_values" in extra:
-            visual = self.encode_images(extra["pixel_values"].to(embeds.device))  # (N, g*g, D)
+            visual = self.encode_images(extra["pixel_values"])  # (N, g*g, D)
             where = input_ids == self.image_token_id  # (B, T), images in row-major order = sample order
             embeds = embeds.masked_scatter(where[..., None], visual.to(embeds.dtype).reshape(-1))
         out = self.decoder(

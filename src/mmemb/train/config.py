@@ -24,9 +24,17 @@ STRATEGIES = ("ddp", "fsdp", "deepspeed")
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML reads `1e-4` as a string (YAML 1.1 wants a dot); learning rates are written that way."""
+    """YAML 1.2 scalars: PyYAML (YAML 1.1) reads `1e-4` as a string (learning rates are written that way)
+    and `no` / `yes` / `on` / `off` as booleans (`run.mixed_precision=no` must stay the string 'no')."""
 
 
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+)$"),
@@ -110,7 +118,11 @@ class RunSection:
     keep_checkpoints: int = _f(2, "Keep only the newest this many checkpoints.")
     log_every: int = _f(5, "Console and TensorBoard logging interval in steps.")
     seed: int = _f(0, "Seed for data order, dropout and sampling.")
-    mixed_precision: str = _f("no", "accelerate mixed precision: no | bf16 | fp16.")
+    mixed_precision: str = _f(
+        "auto",
+        "Autocast precision of the training forward: auto (the model's backbone.dtype, resolved on this "
+        "hardware) | no | bf16 | fp16. Trainable weights and AdamW state stay float32.",
+    )
     tensorboard: bool = _f(True, "Write TensorBoard scalars under output/tensorboard.")
     strategy: str = _f(
         "ddp",
@@ -224,8 +236,10 @@ def check(cfg: TrainConfig, where: str = "config") -> TrainConfig:
         raise InputError(
             f"{where}: optim.scheduler {cfg.optim.scheduler!r}: choose cosine, linear or constant"
         )
-    if cfg.run.mixed_precision not in ("no", "bf16", "fp16"):
-        raise InputError(f"{where}: run.mixed_precision {cfg.run.mixed_precision!r}: choose no, bf16 or fp16")
+    if cfg.run.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+        raise InputError(
+            f"{where}: run.mixed_precision {cfg.run.mixed_precision!r}: choose auto, no, bf16 or fp16"
+        )
     for name, value in (("batch.size", cfg.batch.size), ("batch.accumulation", cfg.batch.accumulation),
                         ("run.max_steps", cfg.run.max_steps), ("run.save_every", cfg.run.save_every),
                         ("run.log_every", cfg.run.log_every), ("run.keep_checkpoints", cfg.run.keep_checkpoints)):  # fmt: skip
@@ -242,11 +256,31 @@ def check(cfg: TrainConfig, where: str = "config") -> TrainConfig:
     if cfg.run.deepspeed_config and cfg.run.strategy != "deepspeed":
         raise InputError(f"{where}: run.deepspeed_config is set but run.strategy is {cfg.run.strategy!r}; "
                          "set run.strategy=deepspeed")  # fmt: skip
-    if cfg.run.strategy != "ddp" and cfg.run.mixed_precision == "fp16":
+    if cfg.run.strategy != "ddp" and mixed_precision(cfg) == "fp16":
         raise InputError(
             f"{where}: run.mixed_precision fp16 is supported with run.strategy=ddp only; use bf16"
         )
     return cfg
+
+
+def mixed_precision(cfg: TrainConfig) -> str:
+    """run.mixed_precision with `auto` resolved: the dtype setting of the model being trained (its saved
+    embedder_config.json, else model.backbone) on this machine's device -> 'bf16' | 'fp16' | 'no'."""
+    if cfg.run.mixed_precision != "auto":
+        return cfg.run.mixed_precision
+    import json
+
+    import torch
+
+    from ..embedder import CONFIG_NAME, PRETRAINED
+    from ..precision import resolve
+
+    setting = cfg.model.backbone.dtype
+    saved = PRETRAINED.get(cfg.model.init, Path(cfg.model.init)) / CONFIG_NAME
+    if saved.is_file():
+        setting = json.loads(saved.read_text()).get("backbone", {}).get("dtype", "float32")
+    dtype, _ = resolve(setting, "cuda" if torch.cuda.is_available() else "cpu")
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
 
 
 def load_train_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..types import InputError
-from .config import TrainConfig
+from .config import TrainConfig, mixed_precision
 
 
 def trainable(module: nn.Module) -> dict[str, nn.Parameter]:
@@ -101,9 +101,9 @@ class FullyShardedDataParallel(DataParallel):
         device = self.accelerator.device
         backbone.to(device)
         mesh = init_device_mesh(device.type, (self.accelerator.num_processes,))
+        bf16 = mixed_precision(self.cfg) == "bf16"
         policy = MixedPrecisionPolicy(
-            param_dtype=torch.bfloat16 if self.cfg.run.mixed_precision == "bf16" else None,
-            reduce_dtype=torch.float32 if self.cfg.run.mixed_precision == "bf16" else None,
+            param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32 if bf16 else None
         )
         # FSDP2 shards contiguous tensors only: frozen channels_last convolutions (nano's vision tower) stay
         # whole on every rank; a trainable one cannot
@@ -269,12 +269,13 @@ def deepspeed_config(conf: dict, cfg: TrainConfig, where: str) -> dict:
             raise InputError(f"{where}: {key} is {conf[key]!r}; set it with {hint} (or 'auto')")
         conf[key] = value
     conf.pop("train_batch_size", None)  # derived by DeepSpeed from the two above
+    precision = mixed_precision(cfg)
     for kind in ("bf16", "fp16"):
-        wanted = cfg.run.mixed_precision == kind
+        wanted = precision == kind
         enabled = (conf.get(kind) or {}).get("enabled", "auto")
         if enabled not in ("auto", wanted):
             raise InputError(f"{where}: {kind}.enabled is {enabled!r} but run.mixed_precision is "
-                             f"{cfg.run.mixed_precision!r}; set them alike")  # fmt: skip
+                             f"{cfg.run.mixed_precision!r} ({precision}); set them alike")  # fmt: skip
         conf[kind] = {**(conf.get(kind) or {}), "enabled": wanted}
     return conf
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ..embedder import Embedder
 from ..losses import full_batch_backward, gradcache_backward, info_nce
 from ..types import InputError
-from .config import TrainConfig, load_train_config, save_train_config
+from .config import TrainConfig, load_train_config, mixed_precision, save_train_config
 from .data import BatchOrder, Example, build_examples, read_training_pairs
 from .parallel import check_strategy, make_strategy, trainable
 from .state import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -184,13 +184,23 @@ def check_resumable(ckpt: Path, cfg: TrainConfig, processes: int) -> None:
         )
 
 
-def build_embedder(cfg: TrainConfig) -> Embedder:
-    """The model training starts from (the same on every rank: built after seeding)."""
+def build_embedder(cfg: TrainConfig, cast_frozen: bool = False) -> Embedder:
+    """The model training starts from (the same on every rank: built after seeding), in float32.
+    cast_frozen: frozen tensors in the autocast dtype (bf16 / fp16). They need no float32 master copy, and
+    autocast would otherwise cast them again at every use; the trainable ones stay float32 (AdamW's masters).
+    FSDP2 and ZeRO keep one dtype per flat group and apply their own precision, so only ddp casts; and only
+    backbones that never save their frozen tensors (nano), so a saved model holds them as they were loaded."""
     overrides = {k: v for k, v in vars(cfg.model.backbone).items() if k not in ("kind", "source")}
-    embedder = Embedder.from_pretrained(cfg.model.init, **overrides)
+    embedder = Embedder.from_pretrained(cfg.model.init, train=True, **overrides)
     if cfg.loss.cross_mode > 0 and ["gen", "disc"] not in embedder.config.valid_mode_pairs:
         embedder.config.valid_mode_pairs.append(["gen", "disc"])  # the output model's config: spaces shared
     embedder.backbone.configure_trainable()
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision(cfg))
+    if cast_frozen and low is not None and not embedder.backbone.saves_frozen:
+        with torch.no_grad():
+            for p in embedder.backbone.parameters():
+                if not p.requires_grad:
+                    p.data = p.data.to(low)
     return embedder
 
 
@@ -207,7 +217,14 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
     # find_unused_parameters: a text-only chunk leaves the vision merger without a gradient
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     # FSDP2 and ZeRO set their own precision: accelerate's acts on what it prepares (ddp)
-    accelerator = Accelerator(mixed_precision=cfg.run.mixed_precision, kwargs_handlers=[ddp])
+    precision = mixed_precision(cfg)  # auto: the model's dtype setting on this hardware
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
+        # accelerate keeps one precision per process; a second run in this process (tests, notebooks) may
+        # ask for another. Its process group (PartialState) is kept.
+        AcceleratorState._reset_state()
+    accelerator = Accelerator(mixed_precision=precision, kwargs_handlers=[ddp])
     kind = str(accelerator.distributed_type)
     if "FSDP" in kind or "DEEPSPEED" in kind:
         raise InputError(
@@ -218,13 +235,13 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
     if ckpt is not None:
         check_resumable(ckpt, cfg, accelerator.num_processes)
     torch.manual_seed(cfg.run.seed)
-    embedder = build_embedder(cfg)
-    examples = build_examples(pairs, d, embedder.config.tokens)
-    bb = embedder.backbone
     name = cfg.run.strategy
     if name != "ddp" and accelerator.num_processes == 1:
         accelerator.print(f"mmemb train: 1 process, nothing to shard: run.strategy={name} trains as ddp")
         name = "ddp"  # the same updates and checkpoints, without a process group to shard over
+    embedder = build_embedder(cfg, cast_frozen=name == "ddp")
+    examples = build_examples(pairs, d, embedder.config.tokens)
+    bb = embedder.backbone
     strategy = make_strategy(name, accelerator, cfg)
     strategy.prepare(bb)
     model, params, optimizer = strategy.model, strategy.params, strategy.optimizer
@@ -255,7 +272,8 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
     )
     accelerator.print(f"mmemb train: {len(examples)} examples ({len(pairs)} pairs, variant {d.variant}), "
                       f"{len(params)} trainable tensors ({sum(p.numel() for p in params.values()):,} values), "
-                      f"batch {B} x {world} process(es) x {accum} accumulation, strategy {name}")  # fmt: skip
+                      f"batch {B} x {world} process(es) x {accum} accumulation, strategy {name}, "
+                      f"precision {precision} (float32 weights and AdamW state)")  # fmt: skip
     model.train()
     t0 = time.perf_counter()
     for step in range(start, cfg.run.max_steps):
@@ -301,7 +319,7 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
     if strategy.sharded:  # the trained tensors, whole, copied into an unsharded model built like the first
         weights, _ = strategy.gather()
         if main:
-            embedder = build_embedder(cfg)
+            embedder = build_embedder(cfg)  # float32 throughout: it only receives the trained tensors
             with torch.no_grad():
                 for n, p in trainable(embedder.backbone).items():
                     p.copy_(weights[n])
