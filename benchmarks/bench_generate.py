@@ -13,7 +13,8 @@ cost), greedy decoding from the `<disc_emb>` prefill with mmemb's forcing (`<gen
 - transformers' `generate()` on the same weights (LoRA merged, added-token rows written into the tied
   matrix) with a per-row cap as a StoppingCriteria and the forcing as a LogitsProcessor, batches of 16
   left-padded: the baseline a user would write.
-Reported: generated tokens/s of each and the ratios; every way's tokens are checked equal to mmemb's per row.
+Reported: generated tokens/s of each and the ratios, and per way how many rows got exactly mmemb's tokens
+(all of them in float32; in bf16 another batch shape rounds differently and greedy tokens may part ways).
 """
 
 from __future__ import annotations
@@ -149,9 +150,10 @@ def main() -> None:
     ap.add_argument("--model", default="nano-r1")
     ap.add_argument("--rows", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--dtype", help="compute dtype (default: the model's setting; float32 shows equal tokens)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/generate.json"))
     args = ap.parse_args()
-    model = Embedder.from_pretrained(args.model)
+    model = Embedder.from_pretrained(args.model, dtype=args.dtype)
     model.backbone.eval()
     items = text_queries(args.rows)
     caps = np.random.RandomState(0).randint(4, 65, size=len(items)).tolist()

@@ -6,7 +6,7 @@
 The same model is loaded twice, `--dtype float32` and `--dtype bfloat16`, and each measurement alternates the
 two (fp32, bf16, fp32, ...), keeping the median, so load on a shared machine hits both alike:
 1. disc encode of real mmeb-mini test queries (text, images, frames, pages), batch 16;
-2. think encode of the text queries among them (<= 32 new tokens), batch 16;
+2. think encode of 16 text queries among them (<= 32 new tokens), batch 16;
 3. one stage-1 step of nano on real mmeb-mini training pairs (batch 8, one GradCache chunk; forward,
    backward and AdamW): float32 throughout, against autocast bf16 with float32 masters (frozen weights bf16),
    as `mmemb train stage1` runs it.
@@ -90,7 +90,7 @@ def train_step_fn(precision: str):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="nano-r1")
-    ap.add_argument("--per-task", type=int, default=4)
+    ap.add_argument("--per-task", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/precision.json"))
     args = ap.parse_args()
@@ -127,17 +127,24 @@ def main() -> None:
     }
     # the bound the equivalence tests use (tests/conftest.py BF16_COS): how far one bf16 vector moves when the
     # same input is embedded alone instead of in a batch, against what a real bug costs (positions counted
-    # from the padded index instead of the mask: the bug padding invariance guards against)
+    # with padding left unmasked: the bug padding invariance guards against; positions counted from the padded
+    # index instead would cost nothing here, RoPE sees only relative positions)
     bf = models["bfloat16"]
     sub = items[:: max(1, len(items) // 12)]
     batched = bf.encode(sub, batch_size=len(sub)).vectors
     alone = np.concatenate([bf.encode([x]).vectors for x in sub])
-    bb, text_positions = bf.backbone, type(bf.backbone).text_positions
-    bb.text_positions = lambda mask: text_positions(bb, torch.ones_like(mask))  # the bug
+    bb, prepare = bf.backbone, type(bf.backbone).prepare
+
+    def unmasked(samples, texts):  # the bug: padding is not masked out of attention
+        p = prepare(bb, samples, texts)
+        p.attention_mask = torch.ones_like(p.attention_mask)
+        return p
+
+    bb.prepare = unmasked
     try:
         buggy = bf.encode(sub, batch_size=len(sub)).vectors
     finally:
-        del bb.text_positions
+        del bb.prepare
     res["bf16_same_input_alone_vs_batched"] = cos_rows(alone, batched)
     res["bf16_padding_bug_vs_correct"] = cos_rows(buggy, batched)
     res["stage1_losses"] = {p: [round(x, 4) for x in losses] for p, (_, losses) in steps.items()}

@@ -126,3 +126,35 @@ def test_generate_on_a_prepared_batch_is_the_same_decoder(tiny, items):
     got = torch.nn.functional.normalize(vecs.float(), dim=-1).numpy()
     assert_same_vectors(got, out.vectors, tiny.dtype_name)
     assert np.isfinite(got).all()
+
+
+def test_the_shared_prompt_prefix_is_cached_once_and_changes_no_vector(tiny, items):
+    """Every prompt starts with the template's system turn: its KV cache is computed once and the batch is
+    prefilled on top of it. Every mode gives the vectors of full prompts (and the cache follows the weights)."""
+    bb = tiny.backbone
+    prompts = tiny.prepare(items[:3], [tiny.prompt(s) for s in items[:3]])
+    head = bb.tokenizer(tiny.prefix_text(), add_special_tokens=False)["input_ids"]
+    assert prompts.prefix is not None and prompts.prefix.length == len(head) > 10
+    full = bb.prepare(items[:3], [tiny.prompt(s) for s in items[:3]])
+    assert full.input_ids.shape[1] == prompts.input_ids.shape[1] + len(head)
+    runs = {}
+    for share in (True, False):
+        tiny.share_prefix = share
+        try:
+            runs[share] = {
+                m: tiny.encode(items, mode=m, batch_size=4, max_new_tokens=4)
+                for m in ("disc", "nothink", "gen")
+            }
+        finally:
+            tiny.share_prefix = True
+    for m in ("disc", "nothink", "gen"):
+        if m == "gen" and tiny.dtype_name != "float32":
+            continue  # bf16: tokens may part ways between the two paths (test above checks the decoder)
+        assert_same_vectors(runs[True][m].vectors, runs[False][m].vectors, tiny.dtype_name)
+        assert runs[True][m].texts == runs[False][m].texts
+    pre = tiny.shared_prefix()
+    assert tiny.shared_prefix() is pre  # cached while the weights stay
+    emb = bb.input_embeddings().weight
+    with torch.no_grad():
+        emb.add_(0.0)  # an in-place change of any weight rebuilds it
+    assert tiny.shared_prefix() is not pre

@@ -396,3 +396,26 @@ def test_one_process_has_nothing_to_shard_and_trains_as_ddp(world, tmp_path, cap
     final = train_stage1(cfg, log=False)
     assert "nothing to shard: run.strategy=fsdp trains as ddp" in capsys.readouterr().out
     assert (final / "embedder_config.json").is_file()
+
+
+def test_nano_trains_in_bf16_with_float32_masters(world, tmp_path):
+    """bf16 training as the default runs it on this hardware: autocast forward, frozen weights (the vision
+    tower with its BatchNorm statistics, the base LM) in bf16, trainable ones and AdamW state in float32."""
+    cfg = load_train_config(None, ["model.init=nano", f"data.source={world['toy']}", "data.variant=none",
+                                   "batch.size=4", "batch.chunk=2", "run.max_steps=2", "run.save_every=2",
+                                   "run.tensorboard=false", "run.mixed_precision=bf16", f"run.output={tmp_path}"])  # fmt: skip
+    emb, examples, forward = setup(world, cfg)
+    bb = emb.backbone
+    assert {p.dtype for p in bb.parameters() if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in bb.parameters() if not p.requires_grad} == {torch.bfloat16}
+    assert bb.vision._bn0.running_mean.dtype == torch.bfloat16
+    bb.train()
+    out = batch_backward(forward, emb, examples[:4], cfg, lambda x: x.backward())  # images included
+    assert np.isfinite(float(out["loss"])) and all(
+        p.grad is not None and p.grad.dtype == torch.float32 for p in bb.parameters() if p.requires_grad
+    )
+    final = train_stage1(cfg, log=False)
+    moments = load_file(str(tmp_path / "checkpoints" / "step-000002" / "optimizer.safetensors"))
+    assert {v.dtype for k, v in moments.items() if k.endswith("exp_avg")} == {torch.float32}
+    vecs = Embedder.from_pretrained(final, dtype="float32").encode(["a red circle"]).vectors
+    assert np.isfinite(vecs).all()

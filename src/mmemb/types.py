@@ -84,8 +84,9 @@ class Embeddings:
     gen_tokens:     gen-space modes: tokens generated per row (0 for disc and for no-think rows).
     gen_emb_found:  gen-space modes: False where generation stopped without emitting `<gen_emb>` and the
                     vector was read at the last generated position instead.
-    seconds:        per row, its batch's wall time divided by the batch size (amortised latency); adaptive
-                    rows that reason add their share of the reasoning batch.
+    seconds:        per row, its share of the wall time (amortised latency): one-forward modes split each
+                    batch's time over its rows; the generating modes split each prefill over the rows it
+                    prefilled and each decode step over the rows it fed, so the shares add up to the call.
     reasoned:       per row, whether reasoning ran (the completion opened with `<think>`).
     actions:        adaptive only: the policy's action per row (see `PolicyConfig.action_names`).
     """

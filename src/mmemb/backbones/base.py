@@ -26,13 +26,31 @@ from ..types import InputError, Sample
 
 
 @dataclass
+class Prefix:
+    """The KV cache of the text every prompt starts with (template and system message, up to the first
+    per-item field), computed once per model state. A batch of suffixes is prefilled on top of it."""
+
+    length: int  # P tokens
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (1, H, P, d) keys and values
+
+    def cache(self, batch: int):
+        """A fresh DynamicCache holding the prefix for `batch` rows (expanded views: no copy until the
+        model appends to it, and the prefix itself is never written)."""
+        from transformers.cache_utils import DynamicCache
+
+        return DynamicCache(ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
+                                            for k, v in self.layers])  # fmt: skip
+
+
+@dataclass
 class Prompts:
-    """A prepared, left-padded batch."""
+    """A prepared, left-padded batch; with `prefix`, only what follows the shared prefix."""
 
     input_ids: torch.Tensor  # (B, T) long
     attention_mask: torch.Tensor  # (B, T) long, 0 on left padding
-    position_ids: torch.Tensor  # (B, T) for 1-D RoPE, (3, B, T) for multimodal RoPE
+    position_ids: torch.Tensor  # (B, T) for 1-D RoPE, (3, B, T) for multimodal RoPE (counted from 0)
     extra: dict[str, Any] = field(default_factory=dict)  # model-specific inputs (pixel values, ...)
+    prefix: Prefix | None = None  # the shared prompt prefix these prompts continue
 
 
 @dataclass
@@ -187,13 +205,30 @@ class Backbone(nn.Module):
     @torch.no_grad()
     def prefill(self, prompts: Prompts, use_cache: bool = True) -> tuple[torch.Tensor, DecodeState]:
         """One forward over the prompts. Returns hidden states (B, T, D) and the state to decode from
-        (use_cache=False: disc only, no KV cache kept, nothing to decode from)."""
-        hidden, cache = self.forward_hidden(
-            prompts.input_ids, prompts.attention_mask, prompts.position_ids, None, prompts.extra, use_cache
-        )
-        pos = prompts.position_ids if self.mrope else prompts.position_ids.unsqueeze(0)  # (P, B, T)
+        (use_cache=False: disc only, no KV cache kept, nothing to decode from).
+
+        With `prompts.prefix`, the prompts are suffixes: they attend to the prefix's cached keys and values,
+        and their positions continue after it (a shift of every position by P, as if the prefix were part of
+        each prompt: positions of text and of multimodal RoPE are both counted from the sequence start)."""
+        pre, mask, pos, cache = prompts.prefix, prompts.attention_mask, prompts.position_ids, None
+        if pre is not None:
+            B = mask.shape[0]
+            mask = torch.cat([torch.ones(B, pre.length, dtype=mask.dtype, device=mask.device), mask], dim=1)
+            pos, cache, use_cache = pos + pre.length, pre.cache(B), True  # (P+T) mask; positions after P
+        hidden, cache = self.forward_hidden(prompts.input_ids, mask, pos, cache, prompts.extra, use_cache)
+        pos = pos if self.mrope else pos.unsqueeze(0)  # (P, B, T)
         next_pos = pos.amax(dim=(0, 2)) + 1  # (B,): text after media continues from the largest position
-        return hidden, DecodeState(cache, prompts.attention_mask.clone(), next_pos)
+        return hidden, DecodeState(cache, mask.clone(), next_pos.to(hidden.device))
+
+    def prefix_cache(self, ids: torch.Tensor) -> Prefix:
+        """The KV cache of one prefix, ids (1, P)."""
+        P = ids.shape[1]
+        mask = torch.ones_like(ids)
+        with torch.no_grad():
+            _, cache = self.forward_hidden(ids, mask, self.text_positions(mask), None, None, use_cache=True)
+        from ..decode import _layers
+
+        return Prefix(P, [(layer.keys, layer.values) for layer in _layers(cache)])
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, state: DecodeState, active: torch.Tensor) -> torch.Tensor:

@@ -196,11 +196,21 @@ def build_embedder(cfg: TrainConfig, cast_frozen: bool = False) -> Embedder:
         embedder.config.valid_mode_pairs.append(["gen", "disc"])  # the output model's config: spaces shared
     embedder.backbone.configure_trainable()
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision(cfg))
+    if low is not None and not torch.cuda.is_available():
+        # on CPU, torch's bf16 flash-attention backward is 4x slower than its float32 one (measured on nano:
+        # 692 vs 173 ms a step, benchmarks/bench_precision.py); eager attention's bf16 matmuls are fast
+        embedder.backbone.hf_model.set_attn_implementation("eager")
     if cast_frozen and low is not None and not embedder.backbone.saves_frozen:
         with torch.no_grad():
-            for p in embedder.backbone.parameters():
-                if not p.requires_grad:
-                    p.data = p.data.to(low)
+            for module in embedder.backbone.modules():
+                own = list(module.parameters(recurse=False))
+                for p in own:
+                    if not p.requires_grad:
+                        p.data = p.data.to(low)
+                if own and not any(p.requires_grad for p in own):  # a frozen module's float buffers too
+                    for name, b in module.named_buffers(recurse=False):  # (BatchNorm statistics)
+                        if b.is_floating_point():
+                            setattr(module, name, b.to(low))
     return embedder
 
 

@@ -7,7 +7,7 @@ taken). So the evaluation embeds the test queries once per action (through the e
 every policy by picking, per query, the result of the action it takes:
 
     score(policy)    = mean over tasks of the mean per-query score of the chosen actions
-    latency(query)   = nothink latency (the pass that also decides) + think latency when it reasons
+    latency(query)   = its action's latency: nothink, or think (adaptive decides inside that one prefill)
     invocation       = share of queries whose action reasons
 
 Reference rows: never (always no-think), always (think with each budget), and the oracle (the best action per
@@ -67,7 +67,7 @@ def evaluate_actions(test: dict, actions: np.ndarray) -> dict:
     n = len(actions)
     rows = np.arange(n)
     score = test["score"][rows, actions]  # (n,)
-    latency = test["latency"][rows, 0] + np.where(actions > 0, test["latency"][rows, actions], 0.0)
+    latency = test["latency"][rows, actions]  # (n,): one prefill decides and embeds or decodes on
     tasks = sorted(set(test["task"]))
     task_arr = np.array(test["task"])
     by_task = {t: float(score[task_arr == t].mean() * 100) for t in tasks}

@@ -1,0 +1,52 @@
+"""Paired confidence interval of the difference between two evaluation runs of the same queries.
+
+    python benchmarks/paired_ci.py A/per_query.RUN.jsonl B/per_query.RUN.jsonl [--resamples 10000]
+
+Overall = plain mean over tasks of each task's mean query score (x100), as mmemb and MMEB report it. The
+difference B - A is bootstrapped by resampling queries within each task (the same queries for both runs:
+paired), 95% percentile interval. Also printed: how many queries changed score at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def load(path: Path) -> dict[tuple[str, int], float]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {(r["task"], r["row"]): float(r["score"]) for r in rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("a", type=Path)
+    ap.add_argument("b", type=Path)
+    ap.add_argument("--resamples", type=int, default=10_000)
+    args = ap.parse_args()
+    a, b = load(args.a), load(args.b)
+    if set(a) != set(b):
+        raise SystemExit(f"the runs score different queries ({len(set(a) ^ set(b))} differ)")
+    tasks = sorted({t for t, _ in a})
+    per_task = {t: np.array([[a[k], b[k]] for k in sorted(a) if k[0] == t]) for t in tasks}  # (n_t, 2)
+    overall = np.mean([v.mean(0) for v in per_task.values()], axis=0) * 100  # (2,)
+    rng = np.random.default_rng(0)
+    diffs = np.zeros(args.resamples)
+    for v in per_task.values():
+        idx = rng.integers(0, len(v), size=(args.resamples, len(v)))  # resample this task's queries
+        diffs += (v[idx, 1] - v[idx, 0]).mean(1)
+    diffs = diffs / len(tasks) * 100
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    changed = sum(a[k] != b[k] for k in a)
+    print(json.dumps({"a": str(args.a), "b": str(args.b), "queries": len(a), "tasks": len(tasks),
+                      "overall_a": round(float(overall[0]), 2), "overall_b": round(float(overall[1]), 2),
+                      "b_minus_a": round(float(overall[1] - overall[0]), 2),
+                      "ci95": [round(float(lo), 2), round(float(hi), 2)], "queries_whose_score_changed": changed},
+                     indent=2))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
