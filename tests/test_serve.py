@@ -21,7 +21,7 @@ from mmemb.serve.batcher import Batcher, Job, QueueFull  # noqa: E402
 from mmemb.serve.inputs import Limits  # noqa: E402
 from mmemb.testing.tiny_hf import build_tiny_hf  # noqa: E402
 
-from .conftest import write_image  # noqa: E402
+from .conftest import assert_same_vectors, write_image  # noqa: E402
 
 CAP = 4  # reasoning tokens in these tests (random weights never write <gen_emb>: every row hits the cap)
 
@@ -230,6 +230,12 @@ class Gated:
             assert self.open.wait(30)
         return self.inner.encode(samples, mode=mode, **kw)
 
+    def stream(self, pull, mode, **kw):  # the generating lane's continuous decode
+        self.calls.append((mode, "stream"))
+        if mode in self.modes:
+            assert self.open.wait(30)
+        yield from self.inner.stream(pull, mode, **kw)
+
 
 def test_split_lanes_keep_disc_off_the_generation_path(tiny):
     for lanes, disc_waits in (("split", False), ("shared", True)):
@@ -247,6 +253,35 @@ def test_split_lanes_keep_disc_off_the_generation_path(tiny):
         assert slow.result(timeout=30).reasoned == [True]
         assert fast.result(timeout=30).mode == "disc"
         b.close()
+
+
+def test_the_generating_lane_lets_requests_join_a_running_decode(tiny):
+    """A think request that arrives while another decodes joins the running batch in a free slot, decodes
+    beside it, and is answered when its own row ends, long before the first one's."""
+    b = Batcher(tiny, max_batch=4, max_wait_s=0.001)
+    bb, step, sizes, going = tiny.backbone, tiny.backbone.step, [], threading.Event()
+
+    def slow_step(tok, state, active):  # a slower model, so the second request lands mid-decode
+        sizes.append(len(tok))
+        going.set() if len(sizes) >= 3 else None
+        time.sleep(0.01)
+        return step(tok, state, active)
+
+    bb.step = slow_step
+    try:
+        long = b.submit(Job([Sample(text="a long reasoning")], "think", 60))
+        assert going.wait(30)
+        short = b.submit(Job([Sample(text="a short one")], "think", 2))
+        got = short.result(timeout=30)
+        assert got.gen_tokens == [2] and got.reasoned == [True] and not long.done()
+        assert max(sizes) == 2  # the two rows decoded side by side in one batch
+        assert long.result(timeout=60).gen_tokens == [60]
+    finally:
+        bb.step = step
+        b.close()
+    alone = tiny.encode([Sample(text="a short one")], mode="think", max_new_tokens=2)
+    if alone.texts == got.texts:
+        assert_same_vectors(got.vectors, alone.vectors, tiny.dtype)
 
 
 def test_batches_merge_requests_and_split_rows_back(tiny):

@@ -128,21 +128,27 @@ def decode(
     ids: dict[str, int],
     stop_ids: torch.Tensor,
     batch_size: int,
+    more: Callable[[int], list[Row]] | None = None,
 ) -> Iterator[Row]:
     """Decode `rows` (in the order given) with at most `batch_size` running at once; yields each finished row.
 
     prepare(indices) -> Prompts for those caller rows. start(hidden (b, T, D), rows) -> Start: which rows
     finish at the prefill and which decode (and the cache crop). sample(logits (B, V)) -> tokens (B,).
     `<gen_emb>` is forced after `</answer>` and `<no_think>`; a row ends at `<gen_emb>` (found), at an
-    end-of-sequence token or at its cap (not found: the vector is its last fed state).
+    end-of-sequence token or at its cap (not found: the vector is its last fed state). more(n): up to n
+    further rows, asked for whenever `rows` are used up and slots are free ([] when there are none now).
     """
     join = max(1, batch_size // 4)  # fill free slots once this many are free (or nothing runs)
     queue = list(rows)
     running: Running | None = None
     gen_emb = ids["gen_emb"]
     force_after = torch.tensor([ids["answer_close"], ids["no_think"]])
-    while queue or running:
+    while True:
         free = batch_size - (len(running) if running else 0)
+        if not queue and more is not None and (running is None or free >= join):
+            queue = more(free)
+        if not queue and running is None:
+            return
         if queue and (running is None or free >= join):
             t0 = time.perf_counter()
             group, queue = queue[:free], queue[free:]

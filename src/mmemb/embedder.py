@@ -19,7 +19,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -288,8 +289,35 @@ class Embedder:
         max_new_tokens: int | None,
         temperature: float | None,
     ) -> Embeddings:
-        """gen, think and adaptive through the continuous-batching decoder (decode.py): at most `batch_size`
-        rows decode at once, a row leaves the batch when it ends and the next input takes its slot.
+        """gen, think and adaptive: `stream` over the inputs, shortest first, gathered in input order."""
+        order = iter(sorted(range(len(samples)), key=lambda i: self._cost(samples[i])))
+        pulled: list[int] = []
+
+        def pull(n: int) -> list[tuple[Sample, int | None]]:
+            new = list(islice(order, n))
+            pulled.extend(new)
+            return [(samples[i], max_new_tokens) for i in new]
+
+        rows: list[Embeddings] = [None] * len(samples)  # type: ignore[list-item]
+        bar = _progress(len(samples), progress, f"embed ({mode})")
+        for k, row in self.stream(pull, mode, batch_size, temperature):
+            rows[pulled[k]] = row
+            bar.update(1)
+        bar.close()
+        return concat_rows(rows, mode)
+
+    def stream(
+        self,
+        pull: Callable[[int], list[tuple[Sample, int | None]]],
+        mode: str,
+        batch_size: int = 8,
+        temperature: float | None = None,
+    ) -> Iterator[tuple[int, Embeddings]]:
+        """Continuous batching for the generating modes (decode.py): whenever slots are free, `pull(n)` gives
+        up to n more (sample, max_new_tokens or None) to embed ([] when there are none now); at most
+        `batch_size` rows decode at once, and a row leaves the batch as it ends. Yields (k, its one-row
+        Embeddings) as rows finish, k numbering the pulled inputs from 0. `encode` pulls from its inputs; the
+        server's generating lane pulls from its queue, so requests join a decode that is running.
 
         adaptive: one prefill over prompt + `<no_think><gen_emb>` per row. Causal attention makes the state at
         `<disc_emb>` (position -3) the disc state, which the policy head reads to pick an action; a no-think
@@ -297,15 +325,26 @@ class Embedder:
         the two no-think tokens from its KV cache and decodes on from `<disc_emb>` with `<think>` forced and
         its budget as cap (exactly think mode). Nothing is prefilled twice, and deciding costs two tokens.
         """
+        if mode not in ("gen", "think", "adaptive"):
+            raise InputError(f"stream embeds the generating modes (gen, think, adaptive), not {mode!r}")
         g = self.config.generation
-        cap = g.max_new_tokens if max_new_tokens is None else max_new_tokens
         temp = g.temperature if temperature is None else temperature
         budgets, names = self.config.policy.budgets, self.config.policy.action_names()
         think = self.ids["think_open"]
         adaptive = mode == "adaptive"
         suffix = self.no_think if adaptive else ""
-        order = sorted(range(len(samples)), key=lambda i: self._cost(samples[i]))
-        rows = [Row(i, cap, think if mode == "think" else None) for i in order]
+        samples: list[Sample] = []
+        limits: list[int | None] = []
+
+        def more(n: int) -> list[Row]:
+            new = []
+            for sample, limit in pull(n):
+                check = as_samples([sample])[0]
+                samples.append(check)
+                limits.append(limit)
+                cap = g.max_new_tokens if limit is None else limit
+                new.append(Row(len(samples) - 1, cap, think if mode == "think" else None))
+            return new
 
         def prepare(indices: list[int]) -> Prompts:
             return self.prepare(
@@ -318,42 +357,43 @@ class Embedder:
             for r, a in zip(group, self._decide(hidden[:, -3]), strict=True):  # the state at <disc_emb>
                 r.action = a
                 if a:
-                    r.first, r.cap = (
-                        think,
-                        budgets[a] if max_new_tokens is None else min(budgets[a], max_new_tokens),
-                    )
+                    limit = limits[r.index]
+                    r.first, r.cap = think, budgets[a] if limit is None else min(budgets[a], limit)
             finished = {b: hidden[b, -1] for b, r in enumerate(group) if r.action == 0}  # at <gen_emb>
             return Start(finished, [b for b, r in enumerate(group) if r.action], crop=2)
 
-        width = self.backbone.input_embeddings().weight.shape[1]
-        vectors = np.zeros((len(samples), width), dtype=np.float32)
-        done: list[Row] = [None] * len(samples)  # type: ignore[list-item]
-        bar = _progress(len(samples), progress, f"embed ({mode})")
         self.backbone.eval()
         sample = lambda logits: sample_tokens(logits, temp, g.top_p)  # noqa: E731
-        for r in decode(self.backbone, rows, prepare, start, sample, self.ids, self.stop_ids, batch_size):
-            vec = r.vector.float()
-            vectors[r.index] = (
-                torch.nn.functional.normalize(vec, dim=-1) if self.config.normalize else vec
-            ).cpu()
-            done[r.index] = r
-            bar.update(1)
-        bar.close()
-        with self.tokenizer_lock:
-            texts = [self.no_think if adaptive and r.action == 0 else
-                     self.backbone.tokenizer.decode(r.tokens, skip_special_tokens=False) for r in done]  # fmt: skip
-        return Embeddings(
-            vectors,
-            mode,
-            texts=texts,
-            gen_tokens=[len(r.tokens) for r in done],
-            gen_emb_found=[r.found for r in done],
-            seconds=[r.seconds for r in done],
-            reasoned=[r.action > 0 for r in done]
-            if adaptive
-            else [t.lstrip().startswith(self.config.tokens.think_open) for t in texts],
-            actions=[names[r.action] for r in done] if adaptive else [],
-        )
+        with torch.no_grad():
+            for r in decode(
+                self.backbone, [], prepare, start, sample, self.ids, self.stop_ids, batch_size, more
+            ):
+                vec = r.vector.float()
+                vec = (
+                    (torch.nn.functional.normalize(vec, dim=-1) if self.config.normalize else vec)
+                    .cpu()
+                    .numpy()
+                )
+                if adaptive and r.action == 0:
+                    text = self.no_think
+                else:
+                    with self.tokenizer_lock:
+                        text = self.backbone.tokenizer.decode(r.tokens, skip_special_tokens=False)
+                yield (
+                    r.index,
+                    Embeddings(
+                        vec[None],
+                        mode,
+                        texts=[text],
+                        gen_tokens=[len(r.tokens)],
+                        gen_emb_found=[r.found],
+                        seconds=[r.seconds],
+                        reasoned=[r.action > 0]
+                        if adaptive
+                        else [text.lstrip().startswith(self.config.tokens.think_open)],
+                        actions=[names[r.action]] if adaptive else [],
+                    ),
+                )
 
     def _decide(self, disc_states: torch.Tensor) -> list[int]:
         """The policy's action per row from its state at <disc_emb> (B, D)."""
@@ -449,6 +489,18 @@ def _progress(total: int, enabled: bool, desc: str):
     from tqdm import tqdm
 
     return tqdm(total=total, disable=not enabled, desc=desc, unit="item", file=None, dynamic_ncols=True)
+
+
+def concat_rows(rows: list[Embeddings], mode: str) -> Embeddings:
+    """One Embeddings from one-row (or any) Embeddings, in order; every per-row list joined alike."""
+    if not rows:
+        return Embeddings(np.zeros((0, 0), dtype=np.float32), mode)
+    return Embeddings(
+        np.concatenate([r.vectors for r in rows]),
+        mode,
+        **{k: [x for r in rows for x in getattr(r, k)]
+           for k in ("texts", "gen_tokens", "gen_emb_found", "seconds", "reasoned", "actions")},
+    )  # fmt: skip
 
 
 def as_samples(items: Sequence[Sample | str]) -> list[Sample]:

@@ -6,7 +6,10 @@ A *job* is one request's items, all in one mode. Each lane is one worker thread 
     it arrived; encode those jobs' items in one `Embedder.encode` call; hand each job its rows.
 
 With `lanes="split"` (the default) disc and nothink jobs (one forward, tens of ms) go to the *fast* lane and
-the generating modes (gen, think, adaptive: up to seconds of decoding) to the *slow* lane. Both threads
+the generating modes (gen, think, adaptive: up to seconds of decoding) to the *slow* lane. The slow lane
+decodes continuously (`Embedder.stream`): a request's row leaves the decoding batch as it ends, and while
+rows run, queued requests of the same mode join in the free slots; each request is answered as soon as all
+its rows are done, not when the batch is. Both threads
 share the model (torch releases the GIL; `Embedder.tokenizer_lock` guards the tokenizer), so a disc request
 runs beside a long generation instead of after it. `lanes="shared"` is one lane for everything: the
 head-of-line baseline that `benchmarks/serve_load.py` measures against.
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..embedder import concat_rows
 from ..types import Embeddings, Sample
 
 FAST_MODES = ("disc", "nothink")  # one forward pass, no generation
@@ -121,16 +125,15 @@ class Lane:
             if not batch:
                 continue
             t0 = time.perf_counter()
-            self._run(batch)
+            n = self._stream(batch) if batch[0].mode not in FAST_MODES else self._run(batch)
             seconds = time.perf_counter() - t0
-            n = sum(len(j.samples) for j in batch)
             with self.cond:
                 self.busy = 0
-                self.item_seconds = 0.8 * self.item_seconds + 0.2 * seconds / n
+                self.item_seconds = 0.8 * self.item_seconds + 0.2 * seconds / max(1, n)
             if self.on_batch:
                 self.on_batch(self.name, n, seconds)
 
-    def _run(self, batch: list[Job]) -> None:
+    def _run(self, batch: list[Job]) -> int:
         samples = [s for j in batch for s in j.samples]
         mode, cap = batch[0].key
         try:
@@ -141,12 +144,61 @@ class Lane:
                     self._run([j])
             elif batch:
                 batch[0].future.set_exception(e)
-            return
+            return len(samples)
         start = 0
         for j in batch:
             rows = slice(start, start + len(j.samples))
             start += len(j.samples)
             j.future.set_result(take_rows(emb, rows))
+        return len(samples)
+
+    def _more(self, mode: str) -> list[Job]:
+        """Queued jobs of `mode` (any max_new_tokens: caps are per row), taken without waiting."""
+        with self.cond:
+            taken = [j for j in self.jobs if j.mode == mode]
+            if not taken:
+                return []
+            self.jobs = deque(j for j in self.jobs if j.mode != mode)
+            n = sum(len(j.samples) for j in taken)
+            self.queued -= n
+            taken = [j for j in taken if j.future.set_running_or_notify_cancel()]  # drop abandoned requests
+            self.busy += sum(len(j.samples) for j in taken)
+            return taken
+
+    def _stream(self, batch: list[Job]) -> int:
+        """The generating modes: one continuous decode that takes in queued jobs of its mode while it runs.
+        Returns the items embedded. A failure fails no other request: the jobs not yet answered are rerun
+        one at a time."""
+        mode = batch[0].mode
+        rows: deque[tuple[Job, int]] = deque((j, i) for j in batch for i in range(len(j.samples)))
+        owner: list[tuple[Job, int]] = []  # pulled row k -> (job, row in job)
+        done: dict[int, list] = {}  # id(job) -> its finished rows by position
+        open_jobs: dict[int, Job] = {id(j): j for j in batch}
+
+        def pull(n: int) -> list:
+            if not rows:
+                for j in self._more(mode):
+                    open_jobs[id(j)] = j
+                    rows.extend((j, i) for i in range(len(j.samples)))
+            out = []
+            while rows and len(out) < n:
+                j, i = rows.popleft()
+                owner.append((j, i))
+                out.append((j.samples[i], j.max_new_tokens))
+            return out
+
+        try:
+            for k, emb in self.embedder.stream(pull, mode, batch_size=self.max_batch):
+                j, i = owner[k]
+                got = done.setdefault(id(j), [None] * len(j.samples))
+                got[i] = emb
+                if all(x is not None for x in got):
+                    j.future.set_result(concat_rows(got, mode))
+                    del open_jobs[id(j)]
+        except Exception:  # noqa: BLE001 - rerun the unanswered jobs alone, so only the bad one fails
+            for j in open_jobs.values():
+                self._run([j])
+        return len(owner)
 
 
 def take_rows(emb: Embeddings, rows: slice) -> Embeddings:
