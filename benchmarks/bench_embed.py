@@ -6,6 +6,8 @@
    bare forward of the same model (vision encoder + projector + decoder) on the same, already prepared
    batches. Goal: ratio >= 0.95.
 2. gen batching: generated tokens/s with 16 sequences at a time against one at a time. Goal: >= 4x.
+4. shared prefix: disc encode with the system turn's KV cache shared against whole prompts, on the text
+   items and on all items.
 (Decoding always continues from the prefill's KV cache: `benchmarks/bench_generate.py` measures the decoder
 against one row at a time, the old static-batch loop and transformers' generate().)
 Runs alternate (A, B, A, B, ...) and the median of each is reported, so load on a shared machine hits both.
@@ -128,6 +130,22 @@ def main() -> None:
             "speedup": (counts[16] / t16) / (counts[1] / t1),
         }
 
+        texts = [x for x in items if not x.media()]
+
+        def prefix(on: bool, subset):
+            def run() -> None:
+                emb.share_prefix = on
+                emb.encode(subset, batch_size=bs)
+                emb.share_prefix = True
+
+            return run
+
+        results["shared_prefix"] = {"prefix_tokens": emb.shared_prefix().length}
+        for name, subset in (("text_items", texts), ("all_items", items)):
+            t_on, t_off = alternate(prefix(True, subset), prefix(False, subset), args.repeats)
+            results["shared_prefix"][name] = {"items": len(subset), "cached_s": t_on, "whole_prompts_s": t_off,
+                                              "speedup": t_off / t_on}  # fmt: skip
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     d, g = results["disc"], results["gen_batching"]
@@ -138,6 +156,11 @@ def main() -> None:
     print(
         f"gen:  {g['tokens_per_s_batch16']:.1f} tok/s batched 16 vs {g['tokens_per_s_batch1']:.1f} tok/s one at "
         f"a time: {g['speedup']:.2f}x (goal >= 4)"
+    )
+    p = results["shared_prefix"]
+    print(
+        f"prefix: {p['prefix_tokens']} shared tokens cached: disc {p['text_items']['speedup']:.2f}x on text items, "
+        f"{p['all_items']['speedup']:.2f}x on all"
     )
     print(f"written to {args.out}")
 
