@@ -119,6 +119,7 @@ def _crop(state: DecodeState, n: int) -> None:
         layer.keys, layer.values = layer.keys[:, :, :-n], layer.values[:, :, :-n]
 
 
+@torch.no_grad()  # on a generator, torch sets no-grad only while the generator runs, not between yields
 def decode(
     backbone: Backbone,
     rows: list[Row],
@@ -155,9 +156,6 @@ def decode(
             prompts = prepare([r.index for r in group])
             hidden, state = backbone.prefill(prompts)  # (b, T, D)
             plan = start(hidden, group)
-            _crop(state, plan.crop)
-            last = hidden[:, -1 - plan.crop]  # (b, D) state of each row's last kept token
-            new = Running(group, state, last, backbone.logits(last) if plan.decode else last)
             share = (time.perf_counter() - t0) / len(group)
             for b, r in enumerate(group):
                 r.seconds = share
@@ -165,6 +163,9 @@ def decode(
                     r.vector, r.found = plan.finished[b], True
                     yield r
             if plan.decode:
+                _crop(state, plan.crop)
+                last = hidden[:, -1 - plan.crop]  # (b, D) state of each row's last kept token
+                new = Running(group, state, last, backbone.logits(last))
                 keep = torch.zeros(len(group), dtype=torch.bool, device=last.device)
                 keep[plan.decode] = True
                 new.keep(keep)

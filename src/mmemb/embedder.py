@@ -306,6 +306,7 @@ class Embedder:
         bar.close()
         return concat_rows(rows, mode)
 
+    @torch.no_grad()  # generator-aware: no-grad only while the stream runs, not between its yields
     def stream(
         self,
         pull: Callable[[int], list[tuple[Sample, int | None]]],
@@ -364,36 +365,29 @@ class Embedder:
 
         self.backbone.eval()
         sample = lambda logits: sample_tokens(logits, temp, g.top_p)  # noqa: E731
-        with torch.no_grad():
-            for r in decode(
-                self.backbone, [], prepare, start, sample, self.ids, self.stop_ids, batch_size, more
-            ):
-                vec = r.vector.float()
-                vec = (
-                    (torch.nn.functional.normalize(vec, dim=-1) if self.config.normalize else vec)
-                    .cpu()
-                    .numpy()
-                )
-                if adaptive and r.action == 0:
-                    text = self.no_think
-                else:
-                    with self.tokenizer_lock:
-                        text = self.backbone.tokenizer.decode(r.tokens, skip_special_tokens=False)
-                yield (
-                    r.index,
-                    Embeddings(
-                        vec[None],
-                        mode,
-                        texts=[text],
-                        gen_tokens=[len(r.tokens)],
-                        gen_emb_found=[r.found],
-                        seconds=[r.seconds],
-                        reasoned=[r.action > 0]
-                        if adaptive
-                        else [text.lstrip().startswith(self.config.tokens.think_open)],
-                        actions=[names[r.action]] if adaptive else [],
-                    ),
-                )
+        for r in decode(self.backbone, [], prepare, start, sample, self.ids, self.stop_ids, batch_size, more):
+            vec = r.vector.float()
+            vec = (torch.nn.functional.normalize(vec, dim=-1) if self.config.normalize else vec).cpu().numpy()
+            if adaptive and r.action == 0:
+                text = self.no_think
+            else:
+                with self.tokenizer_lock:
+                    text = self.backbone.tokenizer.decode(r.tokens, skip_special_tokens=False)
+            yield (
+                r.index,
+                Embeddings(
+                    vec[None],
+                    mode,
+                    texts=[text],
+                    gen_tokens=[len(r.tokens)],
+                    gen_emb_found=[r.found],
+                    seconds=[r.seconds],
+                    reasoned=[r.action > 0]
+                    if adaptive
+                    else [text.lstrip().startswith(self.config.tokens.think_open)],
+                    actions=[names[r.action]] if adaptive else [],
+                ),
+            )
 
     def _decide(self, disc_states: torch.Tensor) -> list[int]:
         """The policy's action per row from its state at <disc_emb> (B, D)."""
