@@ -21,21 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_precision import queries  # the script's folder is on sys.path
 
 from mmemb import Embedder
-from mmemb.eval.evaluate import resolve
-from mmemb.eval.tasks import load_task
 
 PS = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-def queries(per_task: int) -> list:
-    st = resolve("mmeb-mini", None)
-    out = []
-    for name, info in st.datasets.items():
-        task = load_task(info, st.root, "test", st.formats[name])
-        out += [task.items[q] for q in task.queries[:per_task]]
-    return out
 
 
 def force_head(model: Embedder, disc: torch.Tensor, p: float) -> None:
