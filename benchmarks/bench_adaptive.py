@@ -9,6 +9,12 @@ policy head is replaced by one that forces p: it scores each query's disc state 
 and thinks above the (1 - p) quantile of those scores. nothink, think and every p run interleaved in each
 repeat (machine noise hits them alike) and the best repeat of each is kept. Goal: adaptive / ((1 - p) x
 nothink + p x think) <= 1.1 at every p. A check first: every adaptive row equals the fixed mode of its action.
+
+"split" is the same work done as two fixed-mode calls: think mode on exactly the rows adaptive thinks on,
+nothink on the others. adaptive / split ~ 1 says adaptive adds nothing to the work of its actions; where
+adaptive / ideal is above it, the gap is decoding's fixed tail: a decode step costs about the same at batch 4
+as at 16 on this CPU (per-operation overhead), so a few thinkers cost the steps of their longest row, not a
+p-share of think mode's batches.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -47,9 +54,12 @@ def main() -> None:
     ap.add_argument("--per-task", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument(
+        "--dtype", help="compute dtype (default: the model's; float32: thinkers' tokens equal think mode's)"
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/adaptive.json"))
     args = ap.parse_args()
-    model = Embedder.from_pretrained(args.model)
+    model = Embedder.from_pretrained(args.model, dtype=args.dtype)
     items = queries(args.per_task)
     cap = model.config.policy.budgets[-1]
     disc_states = []
@@ -65,14 +75,22 @@ def main() -> None:
             force_head(model, disc, p)
         return model.encode(items, mode=mode, batch_size=args.batch_size, max_new_tokens=cap)
 
-    names = ["nothink", "think"] + [f"adaptive p={p}" for p in PS]
+    names = ["nothink", "think"] + [f"adaptive p={p}" for p in PS] + [f"split p={p}" for p in PS]
     seconds: dict[str, list[float]] = {n: [] for n in names}
     outputs: dict = {}
     for _ in range(args.repeats):
         for n in names:
-            mode, p = (n, None) if not n.startswith("adaptive") else ("adaptive", float(n.split("=")[1]))
             t = time.perf_counter()
-            outputs[n] = run(mode, p)
+            if n.startswith("split"):  # think mode on the rows adaptive thinks on, nothink on the others
+                did = np.array(outputs[n.replace("split", "adaptive")].reasoned)  # this repeat's adaptive run
+                thinkers, others = np.flatnonzero(did).tolist(), np.flatnonzero(~did).tolist()
+                for mode, rows in (("think", thinkers), ("nothink", others)):
+                    if rows:
+                        model.encode([items[i] for i in rows], mode=mode, batch_size=args.batch_size,
+                                     max_new_tokens=cap)  # fmt: skip
+            else:
+                mode, p = (n, None) if not n.startswith("adaptive") else ("adaptive", float(n.split("=")[1]))
+                outputs[n] = run(mode, p)
             seconds[n].append(time.perf_counter() - t)
     nt, th = outputs["nothink"], outputs["think"]
     best = {n: min(v) for n, v in seconds.items()}
@@ -88,11 +106,13 @@ def main() -> None:
                 raise SystemExit(f"p={p}: adaptive row {i} differs from its action's fixed mode")
         real_p = float(np.mean(ad.reasoned))
         ideal = (1 - real_p) * best["nothink"] + real_p * best["think"]
-        rows.append({"p": p, "invocation": round(real_p, 3), "adaptive_s": round(best[f"adaptive p={p}"], 2),
-                     "ideal_s": round(ideal, 2), "ratio": round(best[f"adaptive p={p}"] / ideal, 3),
+        a, sp = best[f"adaptive p={p}"], best[f"split p={p}"]
+        rows.append({"p": p, "invocation": round(real_p, 3), "adaptive_s": round(a, 2),
+                     "ideal_s": round(ideal, 2), "ratio": round(a / ideal, 3),
+                     "split_s": round(sp, 2), "ratio_to_split": round(a / sp, 3),
                      "rows_whose_tokens_parted_from_think_mode": diverged})  # fmt: skip
     result = {
-        "command": "python benchmarks/bench_adaptive.py",
+        "command": "python benchmarks/bench_adaptive.py " + " ".join(sys.argv[1:]),
         "model": args.model,
         "dtype": str(model.dtype).removeprefix("torch."),
         "queries": len(items),

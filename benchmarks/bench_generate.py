@@ -150,7 +150,9 @@ def main() -> None:
     ap.add_argument("--model", default="nano-r1")
     ap.add_argument("--rows", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--dtype", help="compute dtype (default: the model's setting; float32 shows equal tokens)")
+    ap.add_argument(
+        "--dtype", help="compute dtype (default: the model's setting; float32 shows equal tokens)"
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/generate.json"))
     args = ap.parse_args()
     model = Embedder.from_pretrained(args.model, dtype=args.dtype)

@@ -16,7 +16,10 @@ per request, cycled. Four parts, in one run:
    sampled every 5 s; reported: the mean RSS of the first and of the last third of the samples, their
    difference, and the range;
 4. overload: a server with `--max-queue 8` under 32 clients sending 4-item think requests for `--overload-s` (20) s; every
-   answer must be 200 or 429 (with Retry-After), never an error, and /health must answer afterwards.
+   answer must be 200 or 429 (with Retry-After), never an error, and /health must answer afterwards;
+5. dtype: disc at 1 and 4 clients against a `--dtype float32` server and a `--dtype bfloat16` one, alternating
+   for `--dtype-rounds` rounds (the medians of the rounds). `--only-dtype` runs just this part and updates
+   the "dtype" entry of `--out`.
 
 Every cell is bounded by `--requests` per client group and `--cell-s` seconds. Nothing leaves the machine.
 """
@@ -143,6 +146,30 @@ def drive(url, items, mode, clients, requests, seconds, extra=None, stop=None) -
     }
 
 
+def dtype_part(model: str, items: list[dict], rounds: int, requests: int, cell_s: float) -> dict:
+    """Part 5: the same disc cells against a float32 and a bf16 server, alternating."""
+    cells: dict[str, list[dict]] = {}
+    for _ in range(rounds):
+        for dt in ("float32", "bfloat16"):
+            srv = Server(model, "--dtype", dt)
+            try:
+                drive(srv.url, items, "disc", 2, 8, 60)  # warm-up
+                for c in (1, 4):
+                    cells.setdefault(f"{dt} clients={c}", []).append(
+                        drive(srv.url, items, "disc", c, requests, cell_s)
+                    )
+            finally:
+                srv.close()
+    med = lambda runs, k: round(statistics.median(r[k] for r in runs), 1)  # noqa: E731
+    out = {name: {k: med(runs, k) for k in ("p50_ms", "p95_ms", "req_per_s")} for name, runs in cells.items()}
+    for c in (1, 4):
+        f, b = out[f"float32 clients={c}"], out[f"bfloat16 clients={c}"]
+        out[f"bf16 speed-up clients={c}"] = {"p50": round(f["p50_ms"] / b["p50_ms"], 2),
+                                             "req_per_s": round(b["req_per_s"] / f["req_per_s"], 2)}  # fmt: skip
+    out["rounds"] = rounds
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="nano-r1")
@@ -152,9 +179,17 @@ def main() -> None:
     ap.add_argument("--soak-s", type=float, default=180)
     ap.add_argument("--overload-s", type=float, default=20)
     ap.add_argument("--budget", type=int, default=64, help="max_new_tokens of think / adaptive requests")
+    ap.add_argument("--dtype-rounds", type=int, default=2, help="part 5: float32 / bf16 rounds (0: skip)")
+    ap.add_argument("--only-dtype", action="store_true", help="run part 5 alone and update --out")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/serve.json"))
     args = ap.parse_args()
     items = request_items(args.per_task)
+    if args.only_dtype:
+        res = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        res["dtype"] = dtype_part(args.model, items, args.dtype_rounds, args.requests, args.cell_s)
+        args.out.write_text(json.dumps(res, indent=2) + "\n")
+        print(json.dumps(res["dtype"], indent=2))
+        return
     cap = {"max_new_tokens": args.budget}
     res: dict = {"model": args.model, "items": len(items), "budget": args.budget}
 
@@ -256,6 +291,10 @@ def main() -> None:
         say(json.dumps(res["overload"]))
     finally:
         srv.close()
+
+    if args.dtype_rounds:
+        res["dtype"] = dtype_part(args.model, items, args.dtype_rounds, args.requests, args.cell_s)
+        say(json.dumps(res["dtype"]))
 
     import torch
 

@@ -4,7 +4,7 @@
 
 Overall = plain mean over tasks of each task's mean query score (x100), as mmemb and MMEB report it. The
 difference B - A is bootstrapped by resampling queries within each task (the same queries for both runs:
-paired), 95% percentile interval. Also printed: how many queries changed score at all.
+paired), 95% percentile interval (mmemb.eval.stats.paired_ci). Also printed: how many queries changed score at all.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from mmemb.eval.stats import paired_ci
 
 
 def load(path: Path) -> dict[tuple[str, int], float]:
@@ -31,21 +33,12 @@ def main() -> None:
     if set(a) != set(b):
         raise SystemExit(f"the runs score different queries ({len(set(a) ^ set(b))} differ)")
     tasks = sorted({t for t, _ in a})
-    per_task = {t: np.array([[a[k], b[k]] for k in sorted(a) if k[0] == t]) for t in tasks}  # (n_t, 2)
-    overall = np.mean([v.mean(0) for v in per_task.values()], axis=0) * 100  # (2,)
-    rng = np.random.default_rng(0)
-    diffs = np.zeros(args.resamples)
-    for v in per_task.values():
-        idx = rng.integers(0, len(v), size=(args.resamples, len(v)))  # resample this task's queries
-        diffs += (v[idx, 1] - v[idx, 0]).mean(1)
-    diffs = diffs / len(tasks) * 100
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    side = lambda run: {t: np.array([run[k] for k in sorted(run) if k[0] == t]) for t in tasks}  # noqa: E731
+    ci = paired_ci(side(a), side(b), args.resamples)
     changed = sum(a[k] != b[k] for k in a)
     print(json.dumps({"a": str(args.a), "b": str(args.b), "queries": len(a), "tasks": len(tasks),
-                      "overall_a": round(float(overall[0]), 2), "overall_b": round(float(overall[1]), 2),
-                      "b_minus_a": round(float(overall[1] - overall[0]), 2),
-                      "ci95": [round(float(lo), 2), round(float(hi), 2)], "queries_whose_score_changed": changed},
-                     indent=2))  # fmt: skip
+                      "overall_a": ci["a"], "overall_b": ci["b"], "b_minus_a": ci["diff"],
+                      "ci95": ci["ci95"], "queries_whose_score_changed": changed}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import json
 import math
 import random
 
+import numpy as np
 import pytest
 
 from mmemb.eval import metrics
@@ -278,3 +279,28 @@ def test_published_imagenet_entry_shows_the_single_relevant_identities() -> None
 def test_docstring_examples() -> None:
     result = doctest.testmod(metrics)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ---- paired bootstrap intervals (eval/stats.py) --------------------------------------------------------
+def test_paired_ci_is_exact_for_constant_differences_and_covers_a_known_shift():
+    from mmemb.eval.stats import excludes_zero, paired_ci
+
+    rng = np.random.default_rng(1)
+    a = {"t1": rng.integers(0, 2, 200).astype(float), "t2": rng.integers(0, 2, 50).astype(float)}
+    same = paired_ci(a, a)
+    assert same["diff"] == 0 and same["ci95"] == [0, 0] and not excludes_zero(same)
+    up = paired_ci(a, {t: np.ones_like(v) for t, v in a.items()})  # every query gains (1 - a) exactly
+    assert up["diff"] == pytest.approx(100 - up["a"], abs=0.01) and excludes_zero(up)
+    # a real shift of +10 points on noisy 0/1 scores: the interval covers it and excludes 0; the overall is
+    # the mean over tasks (t2's 50 queries weigh as much as t1's 200)
+    x = {t: (rng.random(400) < 0.4).astype(float) for t in ("a", "b")}
+    y = {t: np.where(rng.random(400) < 0.1, 1.0, v) for t, v in x.items()}  # flips ~6% of zeros to ones
+    ci = paired_ci(x, y)
+    lo, hi = ci["ci95"]
+    assert lo < ci["diff"] < hi and lo > 0 and ci["queries"] == 800
+    half = paired_ci({"a": x["a"], "b": x["b"][:50]}, {"a": x["a"], "b": y["b"][:50]})
+    assert half["diff"] == pytest.approx(100 * (y["b"][:50] - x["b"][:50]).mean() / 2, abs=0.01)
+    with pytest.raises(ValueError, match="different tasks"):
+        paired_ci({"a": x["a"]}, {"b": x["b"]})
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_ci({"a": x["a"]}, {"a": x["a"][:3]})

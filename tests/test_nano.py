@@ -70,7 +70,11 @@ def test_gen_kv_reuse_equals_recompute(nano_dt, images):
     nano = nano_dt
     items = [Sample(id="a", text="a red bicycle"), Sample(id="b", image=images[1], text="what is this?")]
     bb = nano.backbone
-    vecs, gen_ids, found = nano.generate(bb.prepare(items, [nano.prompt(s) for s in items]), max_new_tokens=6)
+    # the prompts as encode prepares them (shared-prefix cache on): in bf16 another computation path rounds
+    # differently, and greedy tokens may part ways
+    vecs, gen_ids, found = nano.generate(
+        nano.prepare(items, [nano.prompt(s) for s in items]), max_new_tokens=6
+    )
     out = nano.encode(items, mode="gen", batch_size=2, max_new_tokens=6)
     for k, item in enumerate(items):
         assert out.gen_tokens[k] == len(gen_ids[k]) > 0

@@ -345,3 +345,55 @@ def test_pair_fixture_reads_hints_and_negatives(toy):
     pairs = read_pairs(toy)
     cls = [p for p in pairs if p.task == "Toy-CLS"]
     assert isinstance(cls[0], Pair) and cls[0].hint == "title: a cat drawing" and len(cls[0].negatives) == 2
+
+
+def test_held_out_pairs_are_the_complement_of_the_trained_ones(toy):
+    full, trained = read_pairs(toy), read_pairs(toy, limit_per_task=2)
+    held = read_pairs(toy, skip_per_task=2)
+    assert {p.id for p in held} == {p.id for p in full} - {p.id for p in trained}
+    assert len(read_pairs(toy, skip_per_task=2, limit_per_task=3)) == 6  # 3 of each task's 4 held out
+    assert {p.id for p in read_pairs(toy, limit_per_task=4)} >= {p.id for p in trained}  # limits nest
+
+
+def test_diagnose_on_nano_matches_a_hand_ranking(nano, toy, tmp_path, capsys):
+    from mmemb.cli import main
+    from mmemb.reasoning.format import no_think_completion
+
+    pairs = read_pairs(toy, skip_per_task=2)
+    cands = tmp_path / "c.jsonl"
+    cio.generate_candidates(pairs, FakeTeacher(), 3, cands, progress=False)
+    args = ["--data", str(toy), "--skip-per-task", "2", "--candidates", str(cands), "--quiet"]
+    out = tmp_path / "diag"
+    cmd = ["reason", "diagnose", *args, "--cache", str(tmp_path / "cache"), "--out", str(out)]
+    assert main([*cmd, "--max-new-tokens", "6"]) == 0
+    text = capsys.readouterr().out
+    rep = json.loads((out / "diagnose.json").read_text())
+    assert rep["pairs"] == len(pairs) == 8 and "teacher (best) - none" in text
+    cls, ret = rep["tasks"]["Toy-CLS"], rep["tasks"]["Toy-RET"]
+    assert cls["candidates"] == 3 and ret["candidates"] == 4  # own negatives; else the task's 4 targets
+    # `none` by hand: nothink vectors of queries and targets, the target ranked first among its candidates
+    nt = no_think_completion(nano.config.tokens)
+    q = nano.encode([p.query for p in pairs], mode="gen", completions=[nt] * 8).vectors
+    hits = {}
+    for i, p in enumerate(pairs):
+        if p.negatives:
+            c = [p.target, *p.negatives]
+        else:
+            c = [p.target] + [o.target for o in pairs if o.task == p.task and o.id != p.id]
+        sims = nano.encode(c, mode="gen", completions=[nt] * len(c)).vectors @ q[i]
+        hits.setdefault(p.task, []).append(float(sims[0] > sims[1:].max()))
+    for task, h in hits.items():
+        assert rep["tasks"][task]["hit@1"]["none"] == pytest.approx(100 * np.mean(h), abs=0.05)
+    for b in rep["tasks"].values():
+        assert b["hit@1"]["teacher_best"] >= b["hit@1"]["teacher_mean"] - 1e-9
+        assert 0 <= b["own_well_formed"] <= 100 and -1 <= b["cos(q+r, q+r')"] <= 1.0001
+    d = rep["differences"]["teacher (best) - none"]
+    assert d["diff"] == pytest.approx(
+        rep["overall"]["hit@1"]["teacher_best"] - rep["overall"]["hit@1"]["none"], abs=0.11
+    )
+    assert d["ci95"][0] <= d["diff"] <= d["ci95"][1]
+    # FakeTeacher writes every third reply malformed: the valid share is what the file holds
+    rows = cio.read_candidates(cands)
+    assert rep["overall"]["teacher_valid"] == pytest.approx(
+        100 * np.mean([r["valid"] for r in rows]), abs=0.05
+    )

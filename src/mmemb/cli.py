@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill")
     p.add_argument("--max-queue", type=int, default=256, help="items waiting per lane; more get 429")
     p.add_argument("--lanes", default="split", choices=("split", "shared"),
-                   help="split: disc/nothink never wait behind generation; shared: one queue")  # fmt: skip
+                   help="split: disc/nothink never wait behind generation; shared: one queue (a benchmark baseline: "
+                        "disc can wait minutes behind a busy decode)")  # fmt: skip
     p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body (413 above)")
     p.add_argument("--max-items", type=int, default=256, help="inputs per request (413 above)")
     p.add_argument("--max-image-pixels", type=int, default=4_000_000, help="per decoded image (400 above)")

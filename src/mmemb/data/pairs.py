@@ -89,12 +89,15 @@ def read_pairs(
     limit_per_task: int = 0,
     seed: int = 0,
     media_root: Path | None = None,
+    skip_per_task: int = 0,
 ) -> list[Pair]:
     """The pairs of `spec` ("mmeb-mini", a mini-layout folder, an MMEB-train or UME-R1 file).
 
     tasks:           keep only these task names (an unknown name is an error listing the known ones).
     limit_per_task:  keep at most N pairs per task (0 = all), chosen by a hash of (seed, pair id) and
                      returned in their original order; deterministic.
+    skip_per_task:   first drop the pairs that limit_per_task=N would keep: the held-out pairs of a model
+                     trained with --limit-per-task N (limits are nested: N pairs are the first N of N + M).
     media_root:      folder that media paths of a file source are relative to (default: its folder).
     """
     path = Path(spec)
@@ -110,6 +113,9 @@ def read_pairs(
         pairs = _file_pairs(path, media_root)
         names = _check_tasks(tasks, list(dict.fromkeys(p.task for p in pairs)), path)
         pairs = [p for p in pairs if p.task in names]
+    if skip_per_task > 0:
+        seen = {p.id for p in _limit(pairs, skip_per_task, seed)}
+        pairs = [p for p in pairs if p.id not in seen]
     return _limit(pairs, limit_per_task, seed)
 
 

@@ -1,4 +1,4 @@
-"""`mmemb reason generate | select | inspect` (registered by mmemb.cli)."""
+"""`mmemb reason generate | select | inspect | diagnose` (registered by mmemb.cli)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,12 @@ def add_parser(sub) -> None:
         q.add_argument("--tasks", default="", help="comma-separated task names (default: all)")
         q.add_argument("--limit-per-task", type=int, default=0, help="at most N pairs per task (0 = all)")
         q.add_argument("--media-root", type=Path, help="media folder for MMEB-train / UME-R1 files")
+        q.add_argument(
+            "--skip-per-task",
+            type=int,
+            default=0,
+            help="first drop the pairs --limit-per-task N would pick: held-out pairs of a model trained on N",
+        )
 
     g = rsub.add_parser("generate", help="K candidate rationales per query, appended; resumes after a kill")
     data_args(g)
@@ -91,9 +97,30 @@ def add_parser(sub) -> None:
     i.add_argument("--cache", type=Path)
     i.add_argument("--quiet", action="store_true")
 
+    d = rsub.add_parser(
+        "diagnose",
+        help="what reasoning adds to a model on held-out pairs: hit@1 without reasoning, with the teacher's "
+        "rationales (mean, best), with another pair's, with its own; paired intervals; sensitivity",
+    )
+    data_args(d)
+    d.add_argument("--model", default="nano")
+    d.add_argument("--candidates", type=Path, required=True, help="teacher candidates for these pairs")
+    d.add_argument("--no-own", action="store_true", help="skip the model's own rationales (think mode)")
+    d.add_argument("--max-new-tokens", type=int, default=64, help="own rationales: token budget")
+    d.add_argument("--out", type=Path, help="write diagnose.json here too")
+    d.add_argument("--batch-size", type=int, default=16)
+    d.add_argument("--cache", type=Path)
+    d.add_argument("--quiet", action="store_true")
+
 
 def cmd_reason(args: argparse.Namespace) -> int:
-    return {"generate": cmd_generate, "select": cmd_select, "inspect": cmd_inspect}[args.reason_command](args)
+    commands = {
+        "generate": cmd_generate,
+        "select": cmd_select,
+        "inspect": cmd_inspect,
+        "diagnose": cmd_diagnose,
+    }
+    return commands[args.reason_command](args)
 
 
 def load_pairs(args: argparse.Namespace):
@@ -106,6 +133,7 @@ def load_pairs(args: argparse.Namespace):
         tasks=tasks,
         limit_per_task=args.limit_per_task,
         media_root=args.media_root,
+        skip_per_task=args.skip_per_task,
     )
     if not pairs:
         raise InputError(f"--data {args.data}: no pairs (split {args.split!r}, tasks {tasks})")
@@ -257,4 +285,28 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
         args.out.mkdir(parents=True, exist_ok=True)
         write_atomic(args.out / "inspect.json", json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from .candidates import load_for, write_atomic
+    from .diagnose import format_diagnose, run_diagnose
+    from .scoring import ScoreSettings
+
+    pairs = load_pairs(args)
+    load_for(pairs, args.candidates)
+    embedder = _embedder(args)
+    report = run_diagnose(
+        embedder,
+        pairs,
+        args.candidates,
+        _cache(args),
+        own=not args.no_own,
+        max_new_tokens=args.max_new_tokens,
+        settings=ScoreSettings(batch_size=args.batch_size, progress=not args.quiet),
+    )
+    print(format_diagnose(report))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_atomic(args.out / "diagnose.json", json.dumps(report, indent=2) + "\n")
     return 0
