@@ -53,7 +53,15 @@ def test_every_stage_ran_and_the_results_hold_together(study):
         assert q["score"] == (always if q["reasoned"] else never)[key]["score"], key
     sweep = res["sweep"]
     assert [r["lam"] for r in sweep["curve"]] == [0.0, 100.0] and sweep["curve"][1]["invocation"] == 0.0
+    # every stated difference has its paired interval, and the interval's centre is the difference itself
+    iv, sel = res["intervals"], res["models"]["selected"]
+    d = iv["modes"]["always - never"]
+    assert d["diff"] == pytest.approx(sel["always"]["overall"] - sel["never"]["overall"], abs=0.011)
+    assert d["ci95"][0] <= d["diff"] <= d["ci95"][1] and d["queries"] == sel["never"]["queries"]
+    assert set(iv["always_minus_never_by_task"]) == set(sel["never"]["tasks"])
+    assert {"selected - none (always think)", "selected - all (never think)"} <= set(iv["ablations"])
     report = (out / "report.md").read_text()
+    assert "Paired differences" in report and "95% CI" in report
     assert "| adaptive (policy) |" in report and "no selection" in report and "counterfactual" in report
     assert (out / "sweep.png").stat().st_size > 0
     # the ablations trained on different data: the four stage-1 models differ

@@ -433,6 +433,7 @@ def collect(out: Path, models: dict[str, Path], data_root: Path) -> dict:
     tasks = json.loads((data_root / "tasks.json").read_text())
     groups = {t["name"]: f"{t['modality']} {t['meta_task']}" for t in tasks}
     results: dict = {"models": {}}
+    records: dict[str, dict[str, list[dict]]] = {}
     for name in models:
         runs = {run: _records(out / "eval" / name / run) for run in MODES}
         runs = {k: v for k, v in runs.items() if v}
@@ -441,9 +442,44 @@ def collect(out: Path, models: dict[str, Path], data_root: Path) -> dict:
             best = oracle({"never": runs["never"], "always": runs["always"]})
             runs["oracle"] = [q | {"reasoned": q["mode"] == "always"} for q in best]
         results["models"][name] = {run: summarize_records(recs, groups) for run, recs in runs.items()}
+        records[name] = runs
+    results["intervals"] = intervals(records)
     if (out / "sweep" / "sweep.json").is_file():
         results["sweep"] = json.loads((out / "sweep" / "sweep.json").read_text())
     return results
+
+
+MODE_DIFFS = [("always", "never"), ("adaptive", "never"), ("adaptive", "always"), ("disc", "never")]
+ABLATION_DIFFS = [("selected", "none"), ("selected", "all"), ("selected", "absolute")]
+
+
+def intervals(records: dict[str, dict[str, list[dict]]]) -> dict:
+    """Paired 95% bootstrap intervals (eval/stats.py) of the differences the report states: between modes of
+    the method's model (overall, and per task for always - never), and between stage-1 variants (always
+    think and never think)."""
+    from .eval.stats import paired_ci_records
+
+    out: dict = {"modes": {}, "always_minus_never_by_task": {}, "ablations": {}}
+    main = records.get("selected") or next(iter(records.values()), {})
+    for b, a in MODE_DIFFS:
+        if a in main and b in main:
+            out["modes"][f"{b} - {a}"] = paired_ci_records(main[a], main[b])
+    if "always" in main and "never" in main:
+        for task in sorted({r["task"] for r in main["never"]}):
+            out["always_minus_never_by_task"][task] = paired_ci_records(main["never"], main["always"], [task])
+    for b, a in ABLATION_DIFFS:
+        for run in ("always", "never"):
+            if b in records and a in records and run in records[a] and run in records[b]:
+                out["ablations"][f"{b} - {a} ({run} think)"] = paired_ci_records(
+                    records[a][run], records[b][run]
+                )
+    return out
+
+
+def _ci_line(name: str, ci: dict) -> str:
+    lo, hi = ci["ci95"]
+    mark = " (excludes 0)" if lo > 0 or hi < 0 else ""
+    return f"- {name}: {ci['diff']:+.1f} (95% CI {lo:+.1f} to {hi:+.1f}, {ci['queries']} queries){mark}"
 
 
 def format_results(res: dict) -> str:
@@ -486,6 +522,15 @@ def format_results(res: dict) -> str:
     if "adaptive" in main and "always" in main:
         lines += ["", f"Adaptive is {always / main['adaptive']['mean_latency_s']:.2f}x as fast as always-think "
                   f"(mean time per query), reasoning on {main['adaptive']['invocation']:.0%} of the queries."]  # fmt: skip
+    iv = res.get("intervals") or {}
+    if iv.get("modes"):
+        lines += ["", "Paired differences (bootstrap over queries within tasks):", ""]
+        lines += [_ci_line(name, ci) for name, ci in iv["modes"].items()]
+        tasks = iv.get("always_minus_never_by_task") or {}
+        wins = [t for t, ci in tasks.items() if ci["ci95"][0] > 0]
+        if tasks:
+            lines.append(f"- always - never, per task: reasoning pays (interval above 0) on {len(wins)} of "
+                         f"{len(tasks)} tasks{': ' + ', '.join(wins) if wins else ''}")  # fmt: skip
     if len(res["models"]) > 1:
         lines += [
             "",
@@ -501,6 +546,8 @@ def format_results(res: dict) -> str:
                     f"{r[k]['overall']:.1f}" if k in r else "—" for k in ("disc", "never", "always", "oracle")
                 )
                 lines.append(f"| {ABLATIONS[name]} | {cells} |")
+        if iv.get("ablations"):
+            lines += [""] + [_ci_line(name, ci) for name, ci in iv["ablations"].items()]
     if "sweep" in res:
         from .train.sweep import format_table
 

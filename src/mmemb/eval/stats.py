@@ -50,3 +50,29 @@ def paired_ci(
 def excludes_zero(ci: dict) -> bool:
     lo, hi = ci["ci95"]
     return lo > 0 or hi < 0
+
+
+def by_task(records: list[dict]) -> dict[str, dict]:
+    """Per-query records (per_query.*.jsonl rows: task, row, score) -> task -> {row: score}."""
+    out: dict[str, dict] = {}
+    for r in records:
+        out.setdefault(r["task"], {})[r["row"]] = float(r["score"])
+    return out
+
+
+def paired_ci_records(a: list[dict], b: list[dict], tasks: list[str] | None = None, **kw) -> dict:
+    """`paired_ci` of two evaluation runs over the same queries (matched by task and row); `tasks` limits
+    the comparison to those tasks (one task: that task's own interval)."""
+    ta, tb = by_task(a), by_task(b)
+    names = tasks or sorted(ta)
+    for t in names:
+        if set(ta.get(t, {})) != set(tb.get(t, {})):
+            raise ValueError(
+                f"task {t}: the two runs score different queries; evaluate both on the same ones"
+            )
+    keys = {t: sorted(ta[t]) for t in names}
+    return paired_ci(
+        {t: np.array([ta[t][k] for k in keys[t]]) for t in names},
+        {t: np.array([tb[t][k] for k in keys[t]]) for t in names},
+        **kw,
+    )
