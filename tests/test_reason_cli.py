@@ -168,7 +168,9 @@ def test_generate_imports_ume_r1_sft_reasoning_as_candidate_zero(tmp_path, capsy
         ]
     )
     assert code == 0, capsys.readouterr().err
-    assert "1 not in the teacher's file" in capsys.readouterr().err  # the record without query reasoning
+    assert (
+        "1 skipped (not in the teacher's file)" in capsys.readouterr().err
+    )  # the record without query reasoning
     rows = {r["pair_id"]: r for r in cio.read_candidates(out)}
     assert {pid: r["text"] for pid, r in rows.items()} == EXPECTED_RATIONALES
     assert all(r["valid"] for r in rows.values())

@@ -397,3 +397,39 @@ def test_diagnose_on_nano_matches_a_hand_ranking(nano, toy, tmp_path, capsys):
     assert rep["overall"]["teacher_valid"] == pytest.approx(
         100 * np.mean([r["valid"] for r in rows]), abs=0.05
     )
+
+
+def test_hint_teacher_tells_each_hint_at_distinct_levels_and_skips_what_it_cannot_say():
+    from mmemb.reasoning.teachers import HintTeacher, hint_rationales
+
+    hint = "title: Cartoon cat; keywords: pet, kitten, mammal, fur; filed under: mammals / housecats"
+    levels = hint_rationales(hint)
+    assert len(levels) == len(set(levels)) == 4 and all(parse_rationale(r).valid for r in levels)
+    assert levels[0] == (
+        "<think>It shows Cartoon cat, with pet, kitten, mammal, fur. It is filed under mammals / housecats."
+        "</think><answer>Cartoon cat</answer>"
+    )
+    assert parse_rationale(levels[2]).answer == "housecats" and "pet" not in levels[2]
+    assert len(hint_rationales("keywords: rainbow")) == 2  # everything, and the keywords: no folder, no title
+    assert hint_rationales("", "What is harborage?") == [
+        "<think>It asks for What is harborage.</think><answer>What is harborage</answer>"
+    ]
+    assert hint_rationales("", "") == []
+    cat, text_only = Sample(id="c", image="cat.png"), Sample(id="t", text="man crystal")
+    reqs = [Request("a", k, cat, hint) for k in range(5)] + [Request("b", k, text_only) for k in range(2)]
+    replies = HintTeacher().generate(reqs)
+    assert [r.text for r in replies[:4]] == levels and replies[4].missing  # no fifth level
+    assert parse_rationale(replies[5].text).answer == "man crystal" and replies[6].missing
+
+
+def test_generate_with_the_hint_teacher_on_the_cli(toy, tmp_path, capsys):
+    from mmemb.cli import main
+
+    out = tmp_path / "c.jsonl"
+    assert main(["reason", "generate", "--teacher", "hints", "--data", str(toy), "--k", "3", "--out", str(out),
+                 "--quiet"]) == 0  # fmt: skip
+    rows = cio.read_candidates(out)
+    cls = [r for r in rows if r["task"] == "Toy-CLS"]  # hint "title: a cat drawing": two distinct levels
+    assert {r["k"] for r in cls} == {0, 1} and all(r["valid"] for r in rows)
+    assert {r["k"] for r in rows if r["task"] == "Toy-RET"} == {0}  # text queries: their text restated
+    assert "skipped (the hints say nothing more)" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from .scorers import UTILITIES
 HELP = "Reasoning paths: generate candidate rationales, select them by counterfactual utility, inspect."
 
 TEACHERS = (
-    "nano | local:MODEL (a model run here: 'nano', an mmemb folder, a Qwen-VL folder or hub id) | "
+    "hints (rationales written from the privileged hints, no model) | nano | local:MODEL (a model run here: 'nano', an mmemb folder, a Qwen-VL folder or hub id) | "
     "openai:MODEL (an OpenAI-compatible server at --base-url, e.g. vLLM) | file:PATH (import rationales: "
     "a candidates file or UME-R1 SFT JSON)"
 )
@@ -141,10 +141,12 @@ def load_pairs(args: argparse.Namespace):
 
 
 def make_teacher(args: argparse.Namespace):
-    from .teachers import FileTeacher, LocalTeacher
+    from .teachers import FileTeacher, HintTeacher, LocalTeacher
 
     spec = args.teacher
     kind, _, rest = spec.partition(":")
+    if spec == "hints":
+        return HintTeacher()
     if spec == "nano" or kind == "local":
         from ..cli import _quiet_libraries
         from ..embedder import Embedder
@@ -197,11 +199,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         pairs, teacher, args.k, args.out, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet
     )
     rate = 60 * (report.written + report.failed) / report.seconds if report.seconds else 0.0
+    why = "the hints say nothing more" if args.teacher == "hints" else "not in the teacher's file"
     print(
         f"mmemb reason generate: {report.written} written ({report.malformed} malformed), "
-        f"{report.existing} already there, {report.failed} failed, {report.skipped} not in the teacher's "
-        f"file; {report.seconds:.0f}s "
-        f"({rate:.1f} rationales/min) -> {args.out}",
+        f"{report.existing} already there, {report.failed} failed, {report.skipped} skipped ({why}); "
+        f"{report.seconds:.0f}s ({rate:.1f} rationales/min) -> {args.out}",
         file=sys.stderr,
     )
     if report.failed:

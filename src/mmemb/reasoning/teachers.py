@@ -1,8 +1,9 @@
-"""Teachers write candidate rationales. One interface, three kinds:
+"""Teachers write candidate rationales. One interface, four kinds:
 
     LocalTeacher    any Backbone (nano or hf) run here, batched sampling       (this module)
     OpenAITeacher   an OpenAI-compatible chat-completions server (vLLM, SGLang) (openai_teacher.py)
     FileTeacher     rationales imported from a file (ours, or UME-R1's SFT JSON) (this module)
+    HintTeacher     rationales written from the privileged hints alone, no model (this module)
 
 A teacher takes a list of `Request`s and returns one `Reply` per request, in order. A reply carries the
 raw text (checked later by `format.parse_rationale`: malformed text is kept and marked, not dropped) or a
@@ -214,6 +215,83 @@ class LocalTeacher:
 
     def _decode(self, ids: list[int]) -> str:
         return self.embedder.backbone.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+# ---- rationales from the hints -------------------------------------------------------------------------
+class HintTeacher:
+    """Rationales written from the privileged hint alone (real human annotations of the query item: the clip
+    art's title, keywords, folders, description; see data/mini_image.clip_hint), with no model: the
+    candidates of a pair are its hint told at different levels of detail, most informative first,
+
+        k = 0  everything:    "It shows TITLE, with KEYWORDS. It is filed under FOLDERS."  -> TITLE
+        k = 1  the keywords:  "It shows KW1, KW2 and KW3."                                   -> KW1
+        k = 2  the folders:   "It is a picture filed under FOLDERS."                         -> last folder
+        k = 3  the description, or the title alone                                         -> TITLE / KW1
+
+    so selection has real work: some levels name what the target needs, others do not. A level whose
+    pieces the hint lacks is skipped, and the same text is never written twice for one pair, so a pair
+    gets at most as many candidates as its hint has distinct levels. A query with no hint but text (a
+    title to find, a definition) gets one candidate that restates its text; one with neither (a
+    Fashion-MNIST image) gets none (`missing`: counted as skipped). Why a template: the hints are what a
+    strong multimodal teacher would see in the picture; SmolLM2-135M given them adds hallucinated detail
+    and writes about 100 rationales a minute here (docs/reasoning.md, the diagnosis).
+    """
+
+    name = "hints"
+
+    def generate(self, requests: list[Request]) -> list[Reply]:
+        out = []
+        for r in requests:
+            levels = hint_rationales(r.hint, r.query.text or "")
+            out.append(Reply(text=levels[r.k]) if r.k < len(levels) else Reply(missing=True))
+        return out
+
+
+def hint_rationales(hint: str, text: str = "") -> list[str]:
+    """The distinct rationales (`<think>…</think><answer>…</answer>`) `HintTeacher` writes for a hint.
+
+    >>> hint_rationales("title: Cartoon cat; keywords: pet, kitten; filed under: mammals / housecats")[1]
+    '<think>It shows pet and kitten.</think><answer>pet</answer>'
+    >>> hint_rationales("", "man crystal")
+    ['<think>It asks for man crystal.</think><answer>man crystal</answer>']
+    """
+    pieces: dict[str, str] = {}
+    for part in (p.strip() for p in hint.split("; ")):
+        label, sep, value = part.partition(": ")
+        if sep and label in ("title", "keywords", "filed under", "description"):
+            pieces[label] = value.strip()
+        elif part:
+            pieces.setdefault("keywords", part)  # an unlabelled hint (clip_hint's fallback join)
+    title, about = pieces.get("title", ""), pieces.get("description", "")
+    words = [w.strip() for w in pieces.get("keywords", "").split(",") if w.strip()]
+    folders = [f.strip() for f in pieces.get("filed under", "").split("/") if f.strip()]
+    name = title or (words[0] if words else "") or (folders[-1] if folders else "")
+    levels: list[tuple[str, str]] = []
+    if name:
+        said = (f"It shows {title}, with " if title else "It is about ") + ", ".join(words[:5] or [name])
+        said += f". It is filed under {' / '.join(folders)}." if folders else "."
+        levels.append((said, name))
+    if words:
+        levels.append((f"It shows {_and(words[:3])}.", words[0]))
+    if folders:
+        levels.append((f"It is a picture filed under {' / '.join(folders)}.", folders[-1]))
+    if about:
+        levels.append((about.rstrip(".") + ".", name))
+    elif title:
+        levels.append((f"It is {title}.", title))
+    asked = text.strip().rstrip(".!? ")
+    if not levels and asked:
+        levels.append((f"It asks for {asked}.", asked))
+    out: list[str] = []
+    for think, answer in levels:
+        r = f"<think>{think}</think><answer>{answer}</answer>"
+        if r not in out:
+            out.append(r)
+    return out
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 # ---- imported rationales --------------------------------------------------------------------------------
