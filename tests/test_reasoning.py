@@ -415,6 +415,9 @@ def test_hint_teacher_tells_each_hint_at_distinct_levels_and_skips_what_it_canno
         "<think>It asks for What is harborage.</think><answer>What is harborage</answer>"
     ]
     assert hint_rationales("", "") == []
+    only_about = hint_rationales("description: county limits are a fair approximation")  # no name to answer
+    assert only_about == ["<think>county limits are a fair approximation.</think><answer>county limits are a fair "
+                          "approximation</answer>"]  # fmt: skip
     cat, text_only = Sample(id="c", image="cat.png"), Sample(id="t", text="man crystal")
     reqs = [Request("a", k, cat, hint) for k in range(5)] + [Request("b", k, text_only) for k in range(2)]
     replies = HintTeacher().generate(reqs)

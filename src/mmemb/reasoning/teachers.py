@@ -276,7 +276,7 @@ def hint_rationales(hint: str, text: str = "") -> list[str]:
     if folders:
         levels.append((f"It is a picture filed under {' / '.join(folders)}.", folders[-1]))
     if about:
-        levels.append((about.rstrip(".") + ".", name))
+        levels.append((about.rstrip(".") + ".", name or " ".join(about.rstrip(".").split()[:6])))
     elif title:
         levels.append((f"It is {title}.", title))
     asked = text.strip().rstrip(".!? ")
