@@ -158,3 +158,29 @@ def test_the_shared_prompt_prefix_is_cached_once_and_changes_no_vector(tiny, ite
     with torch.no_grad():
         emb.add_(0.0)  # an in-place change of any weight rebuilds it
     assert tiny.shared_prefix() is not pre
+
+
+def test_the_format_guard_keeps_every_reasoning_row_well_formed_and_changes_nothing_when_off(tiny, items):
+    """generation.guard: a random model's think rows all end `<think>…</think><answer>…</answer><gen_emb>`
+    within their cap, each still equal to its decode alone; off (the default), the outputs are unchanged."""
+    import re
+
+    before = tiny.encode(items, mode="think", batch_size=4, max_new_tokens=12)
+    fp = tiny.fingerprint()
+    tiny.config.generation.guard = True
+    try:
+        assert tiny.fingerprint() != fp  # guarded vectors are other vectors: caches must not mix them
+        for cap in (6, 12, 40):  # 6: the least that fits `<think>`, the four tags and `<gen_emb>`
+            out = tiny.encode(items, mode="think", batch_size=4, max_new_tokens=cap)
+            shape = re.compile(r"^<think>(.*)</think><answer>(.*)</answer><gen_emb>$", re.DOTALL)
+            assert all(shape.match(t) for t in out.texts), out.texts
+            assert all(out.gen_emb_found) and max(out.gen_tokens) <= cap
+            alone = tiny.encode([items[3]], mode="think", max_new_tokens=cap)
+            if tiny.dtype_name == "float32":
+                assert alone.texts[0] == out.texts[3]
+                assert_same_vectors(out.vectors[3][None], alone.vectors, tiny.dtype_name)
+    finally:
+        tiny.config.generation.guard = False
+    assert tiny.fingerprint() == fp
+    after = tiny.encode(items, mode="think", batch_size=4, max_new_tokens=12)
+    assert after.texts == before.texts

@@ -93,6 +93,11 @@ class GenerationConfig:
     max_new_tokens: int = _f(64, "gen: most tokens generated before the embedding is read.")
     temperature: float = _f(0.0, "gen: 0 = greedy (deterministic embeddings); > 0 samples.")
     top_p: float = _f(1.0, "gen: nucleus sampling threshold when temperature > 0.")
+    guard: bool = _f(
+        False,
+        "think: keep a reasoning row in the format <think>…</think><answer>…</answer><gen_emb> (decode.py): "
+        "a stop or misplaced tag closes the current part, and the budget leaves room to close both.",
+    )
 
 
 @dataclass

@@ -34,6 +34,7 @@ class Row:
     cap: int  # most tokens to feed
     first: int | None = None  # token forced as the first one (think: <think>)
     action: int = 0  # adaptive: the policy's action (0 = no-think)
+    guard: bool = False  # keep the reasoning format (see `_guard`); only for rows whose first is <think>
     tokens: list[int] = field(default_factory=list)
     vector: torch.Tensor | None = None  # (D,) once finished
     found: bool = False  # <gen_emb> was fed
@@ -87,6 +88,34 @@ class Running:
         self.rows += other.rows
         self.last = torch.cat([self.last, other.last])
         self.logits = torch.cat([self.logits, other.logits])
+
+
+def _guard(tok: torch.Tensor, rows: list[Row], ids: dict[str, int], stop_ids: torch.Tensor) -> torch.Tensor:
+    """Structured decoding of `<think>REASONING</think><answer>SUMMARY</answer><gen_emb>` for guarded rows
+    (B,) -> (B,). Inside the reasoning, a stop token, any other tag, or reaching cap - reserve (reserve =
+    max(5, cap // 4): room for `</think><answer>`, a summary, `</answer><gen_emb>`) becomes `</think>`; `</think>` is followed by `<answer>`;
+    inside the summary, a stop token, another tag, or reaching cap - 2 becomes `</answer>`, after which the
+    decoder forces `<gen_emb>` as always. A guarded row with cap >= 6 therefore ends at `<gen_emb>` within its cap."""
+    tags = {
+        ids[k] for k in ("think_open", "think_close", "answer_open", "answer_close", "gen_emb", "no_think")
+    }
+    stops = set(stop_ids.tolist()) | tags
+    out = tok.clone()
+    for b, r in enumerate(rows):
+        if not r.guard or not r.tokens:
+            continue
+        t, n, last = int(tok[b]), len(r.tokens), r.tokens[-1]
+        opened = r.tokens.count(ids["answer_open"]) > 0
+        if last == ids["think_close"]:
+            out[b] = ids["answer_open"]
+        elif ids["answer_close"] in r.tokens:
+            continue  # <gen_emb> is forced after </answer>
+        elif opened:
+            if t in stops - {ids["answer_close"]} or n >= r.cap - 2:
+                out[b] = ids["answer_close"]
+        elif t in stops - {ids["think_close"]} or n >= r.cap - max(5, r.cap // 4):
+            out[b] = ids["think_close"]
+    return out
 
 
 def _layers(cache) -> list:
@@ -183,6 +212,8 @@ def decode(
         tok = torch.where((n_out == 0) & (first >= 0), first, tok)
         prev = torch.tensor([r.tokens[-1] if r.tokens else -1 for r in running.rows], device=dev)
         tok = torch.where(torch.isin(prev, force_after.to(dev)), torch.full_like(tok, gen_emb), tok)
+        if any(r.guard for r in running.rows):
+            tok = _guard(tok, running.rows, ids, stop_ids)
         cap = torch.tensor([r.cap for r in running.rows], device=dev)
         stop = torch.isin(tok, stop_ids.to(dev)) | (n_out >= cap)  # (B,): end here, without <gen_emb>
         if bool(stop.any()):

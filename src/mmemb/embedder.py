@@ -153,6 +153,8 @@ class Embedder:
         config = self.config.to_dict()
         config.pop("policy")
         config["backbone"]["dtype"] = precision.NAMES[self.dtype]  # what ran, not the setting (auto)
+        if not config["generation"].get("guard"):
+            config["generation"].pop("guard", None)  # off: the fingerprints of models saved before it
         h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
         tensors = dict(self.backbone.named_parameters()) | dict(self.backbone.named_buffers())  # shared once
         for name, p in sorted(tensors.items()):
@@ -334,6 +336,7 @@ class Embedder:
         think = self.ids["think_open"]
         adaptive = mode == "adaptive"
         suffix = self.no_think if adaptive else ""
+        guard_think = bool(g.guard) and mode in ("think", "adaptive")  # adaptive: only its thinking rows
         samples: list[Sample] = []
         limits: list[int | None] = []
 
@@ -344,7 +347,7 @@ class Embedder:
                 samples.append(check)
                 limits.append(limit)
                 cap = g.max_new_tokens if limit is None else limit
-                new.append(Row(len(samples) - 1, cap, think if mode == "think" else None))
+                new.append(Row(len(samples) - 1, cap, think if mode == "think" else None, guard=guard_think))
             return new
 
         def prepare(indices: list[int]) -> Prompts:
@@ -360,6 +363,8 @@ class Embedder:
                 if a:
                     limit = limits[r.index]
                     r.first, r.cap = think, budgets[a] if limit is None else min(budgets[a], limit)
+                else:
+                    r.guard = False
             finished = {b: hidden[b, -1] for b, r in enumerate(group) if r.action == 0}  # at <gen_emb>
             return Start(finished, [b for b, r in enumerate(group) if r.action], crop=2)
 
