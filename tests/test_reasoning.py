@@ -415,6 +415,10 @@ def test_hint_teacher_tells_each_hint_at_distinct_levels_and_skips_what_it_canno
         "<think>It asks for What is harborage.</think><answer>What is harborage</answer>"
     ]
     assert hint_rationales("", "") == []
+    assert hint_rationales("title: saint helena; description: HASH(0x861a740)") == [  # not a description
+        "<think>It shows saint helena.</think><answer>saint helena</answer>",
+        "<think>It is saint helena.</think><answer>saint helena</answer>",
+    ]
     only_about = hint_rationales("description: county limits are a fair approximation")  # no name to answer
     assert only_about == ["<think>county limits are a fair approximation.</think><answer>county limits are a fair "
                           "approximation</answer>"]  # fmt: skip

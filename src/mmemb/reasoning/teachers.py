@@ -14,6 +14,7 @@ transport `error` (timeout, HTTP error, ...): a failed request writes nothing, s
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,12 +264,17 @@ def hint_rationales(hint: str, text: str = "") -> list[str]:
         elif part:
             pieces.setdefault("keywords", part)  # an unlabelled hint (clip_hint's fallback join)
     title, about = pieces.get("title", ""), pieces.get("description", "")
+    if re.fullmatch(r"HASH\(0x[0-9a-f]+\)", about):  # a Perl artefact in some Open Clip Art metadata
+        about = ""
     words = [w.strip() for w in pieces.get("keywords", "").split(",") if w.strip()]
     folders = [f.strip() for f in pieces.get("filed under", "").split("/") if f.strip()]
     name = title or (words[0] if words else "") or (folders[-1] if folders else "")
     levels: list[tuple[str, str]] = []
     if name:
-        said = (f"It shows {title}, with " if title else "It is about ") + ", ".join(words[:5] or [name])
+        if title:
+            said = f"It shows {title}" + (f", with {', '.join(words[:5])}" if words else "")
+        else:
+            said = "It is about " + ", ".join(words[:5] or [name])
         said += f". It is filed under {' / '.join(folders)}." if folders else "."
         levels.append((said, name))
     if words:
