@@ -4,7 +4,7 @@
 
 Overall = plain mean over tasks of each task's mean query score (x100), as mmemb and MMEB report it. The
 difference B - A is bootstrapped by resampling queries within each task (the same queries for both runs:
-paired), 95% percentile interval (mmemb.eval.stats.paired_ci). Also printed: how many queries changed score at all.
+paired), 95% percentile interval (mmemb.eval.stats.paired_ci_records). Also printed: how many queries changed score at all.
 """
 
 from __future__ import annotations
@@ -13,14 +13,11 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
-from mmemb.eval.stats import paired_ci
+from mmemb.eval.stats import paired_ci_records
 
 
-def load(path: Path) -> dict[tuple[str, int], float]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {(r["task"], r["row"]): float(r["score"]) for r in rows}
+def load(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def main() -> None:
@@ -30,15 +27,16 @@ def main() -> None:
     ap.add_argument("--resamples", type=int, default=10_000)
     args = ap.parse_args()
     a, b = load(args.a), load(args.b)
-    if set(a) != set(b):
-        raise SystemExit(f"the runs score different queries ({len(set(a) ^ set(b))} differ)")
-    tasks = sorted({t for t, _ in a})
-    side = lambda run: {t: np.array([run[k] for k in sorted(run) if k[0] == t]) for t in tasks}  # noqa: E731
-    ci = paired_ci(side(a), side(b), args.resamples)
-    changed = sum(a[k] != b[k] for k in a)
-    print(json.dumps({"a": str(args.a), "b": str(args.b), "queries": len(a), "tasks": len(tasks),
-                      "overall_a": ci["a"], "overall_b": ci["b"], "b_minus_a": ci["diff"],
-                      "ci95": ci["ci95"], "queries_whose_score_changed": changed}, indent=2))  # fmt: skip
+    try:
+        ci = paired_ci_records(a, b, resamples=args.resamples)
+    except ValueError as e:
+        raise SystemExit(f"{args.a} vs {args.b}: {e}") from None
+    score = {(r["task"], r["row"]): r["score"] for r in a}
+    changed = sum(score[(r["task"], r["row"])] != r["score"] for r in b)
+    print(json.dumps({"a": str(args.a), "b": str(args.b), "queries": ci["queries"],
+                      "tasks": len({r["task"] for r in a}), "overall_a": ci["a"], "overall_b": ci["b"],
+                      "b_minus_a": ci["diff"], "ci95": ci["ci95"], "queries_whose_score_changed": changed},
+                     indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -133,6 +133,11 @@ def test_policy_round_trip_and_fingerprints(tiny, items, tmp_path):
     tiny.save_pretrained(tmp_path / "m")
     loaded = Embedder.from_pretrained(tmp_path / "m")
     assert loaded.policy_fingerprint() == tiny.policy_fingerprint()
+    loaded.config.policy.trained = "another provenance note, e.g. a machine's data path"
+    assert loaded.policy_fingerprint() == tiny.policy_fingerprint()  # provenance is not behaviour
+    loaded.config.policy.temperature += 1.0
+    assert loaded.policy_fingerprint() != tiny.policy_fingerprint()  # a setting that changes actions
+    loaded.config.policy.temperature -= 1.0
     again = loaded.encode(items, mode="adaptive", max_new_tokens=4)
     assert again.actions == out.actions and again.texts == out.texts
     np.testing.assert_array_equal(again.vectors, out.vectors)

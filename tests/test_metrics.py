@@ -304,3 +304,13 @@ def test_paired_ci_is_exact_for_constant_differences_and_covers_a_known_shift():
         paired_ci({"a": x["a"]}, {"b": x["b"]})
     with pytest.raises(ValueError, match="equal-length"):
         paired_ci({"a": x["a"]}, {"a": x["a"][:3]})
+    # per-query records, matched by (task, row) whatever their order
+    from mmemb.eval.stats import paired_ci_records
+
+    recs = lambda v: [{"task": t, "row": i, "score": float(s)} for t in v for i, s in enumerate(v[t])]  # noqa: E731
+    assert paired_ci_records(recs(x), recs(y)[::-1]) == ci
+    assert paired_ci_records(recs(x), recs(y), ["b"])["queries"] == 400
+    with pytest.raises(ValueError, match="different tasks"):
+        paired_ci_records(recs(x), recs({"a": y["a"]}))
+    with pytest.raises(ValueError, match="different queries"):
+        paired_ci_records(recs(x), recs(y)[:-1])

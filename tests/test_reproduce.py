@@ -122,7 +122,6 @@ def test_other_settings_in_the_same_folder_are_refused(study, monkeypatch, capsy
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (PRETRAINED["nano-r1"] / "RECIPE.json").is_file(), reason="nano-r1 not shipped yet")
 def test_the_shipped_nano_r1_loads_to_the_recorded_model(tmp_path):
     recipe = json.loads((PRETRAINED["nano-r1"] / "RECIPE.json").read_text())
     model = Embedder.from_pretrained("nano-r1", dtype="float32")  # the study ran in float32 (before bf16)

@@ -91,30 +91,29 @@ class Running:
 
 
 def _guard(tok: torch.Tensor, rows: list[Row], ids: dict[str, int], stop_ids: torch.Tensor) -> torch.Tensor:
-    """Structured decoding of `<think>REASONING</think><answer>SUMMARY</answer><gen_emb>` for guarded rows
-    (B,) -> (B,). Inside the reasoning, a stop token, any other tag, or reaching cap - reserve (reserve =
-    max(5, cap // 4): room for `</think><answer>`, a summary, `</answer><gen_emb>`) becomes `</think>`; `</think>` is followed by `<answer>`;
-    inside the summary, a stop token, another tag, or reaching cap - 2 becomes `</answer>`, after which the
-    decoder forces `<gen_emb>` as always. A guarded row with cap >= 6 therefore ends at `<gen_emb>` within its cap."""
+    """Structured decoding of `<think>REASONING</think><answer>SUMMARY</answer><gen_emb>` for guarded rows,
+    (B,) -> (B,). In the reasoning, a stop token, another tag, or reaching cap - reserve (reserve =
+    max(5, cap // 4): room for `</think><answer>`, a summary and `</answer><gen_emb>`) becomes `</think>`,
+    which is followed by `<answer>`; in the summary, a stop token, another tag, or reaching cap - 2 becomes
+    `</answer>`, after which the decoder forces `<gen_emb>` as always. A guarded row with cap >= 6 thus ends
+    at `<gen_emb>` within its cap."""
+    close_think, open_answer, close_answer = ids["think_close"], ids["answer_open"], ids["answer_close"]
     tags = {
         ids[k] for k in ("think_open", "think_close", "answer_open", "answer_close", "gen_emb", "no_think")
     }
-    stops = set(stop_ids.tolist()) | tags
+    ends = set(stop_ids.tolist()) | tags  # what may not stand inside a part
     out = tok.clone()
     for b, r in enumerate(rows):
-        if not r.guard or not r.tokens:
+        if not r.guard or not r.tokens or close_answer in r.tokens:  # <gen_emb> follows </answer> anyway
             continue
-        t, n, last = int(tok[b]), len(r.tokens), r.tokens[-1]
-        opened = r.tokens.count(ids["answer_open"]) > 0
-        if last == ids["think_close"]:
-            out[b] = ids["answer_open"]
-        elif ids["answer_close"] in r.tokens:
-            continue  # <gen_emb> is forced after </answer>
-        elif opened:
-            if t in stops - {ids["answer_close"]} or n >= r.cap - 2:
-                out[b] = ids["answer_close"]
-        elif t in stops - {ids["think_close"]} or n >= r.cap - max(5, r.cap // 4):
-            out[b] = ids["think_close"]
+        t, n = int(tok[b]), len(r.tokens)
+        if r.tokens[-1] == close_think:
+            out[b] = open_answer
+        elif open_answer in r.tokens:  # in the summary
+            if (t in ends and t != close_answer) or n >= r.cap - 2:
+                out[b] = close_answer
+        elif (t in ends and t != close_think) or n >= r.cap - max(5, r.cap // 4):  # in the reasoning
+            out[b] = close_think
     return out
 
 

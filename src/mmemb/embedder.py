@@ -163,8 +163,10 @@ class Embedder:
         return h.hexdigest()[:16]
 
     def policy_fingerprint(self) -> str:
-        """Hash of the policy settings and the policy head's weights (adaptive mode's extra identity)."""
-        h = hashlib.sha256(json.dumps(self.config.policy.__dict__, sort_keys=True).encode())
+        """Hash of the policy settings and the policy head's weights (adaptive mode's extra identity). The
+        `trained` note (how the head was trained) is provenance, not behaviour, and is left out."""
+        settings = {k: v for k, v in self.config.policy.__dict__.items() if k != "trained"}
+        h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
         for name, p in sorted(self.policy.state_dict().items()):
             h.update(name.encode())
             h.update(p.detach().float().cpu().numpy().tobytes())

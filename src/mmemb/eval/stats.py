@@ -64,9 +64,11 @@ def paired_ci_records(a: list[dict], b: list[dict], tasks: list[str] | None = No
     """`paired_ci` of two evaluation runs over the same queries (matched by task and row); `tasks` limits
     the comparison to those tasks (one task: that task's own interval)."""
     ta, tb = by_task(a), by_task(b)
+    if tasks is None and set(ta) != set(tb):
+        raise ValueError(f"the two runs score different tasks: {sorted(set(ta) ^ set(tb))}")
     names = tasks or sorted(ta)
     for t in names:
-        if set(ta.get(t, {})) != set(tb.get(t, {})):
+        if not ta.get(t) or set(ta[t]) != set(tb.get(t, {})):
             raise ValueError(
                 f"task {t}: the two runs score different queries; evaluate both on the same ones"
             )

@@ -13,7 +13,8 @@ from .scorers import UTILITIES
 HELP = "Reasoning paths: generate candidate rationales, select them by counterfactual utility, inspect."
 
 TEACHERS = (
-    "hints (rationales written from the privileged hints, no model) | nano | local:MODEL (a model run here: 'nano', an mmemb folder, a Qwen-VL folder or hub id) | "
+    "hints (rationales written from the privileged hints, no model) | nano | local:MODEL (a model run "
+    "here: 'nano', an mmemb folder, a Qwen-VL folder or hub id) | "
     "openai:MODEL (an OpenAI-compatible server at --base-url, e.g. vLLM) | file:PATH (import rationales: "
     "a candidates file or UME-R1 SFT JSON)"
 )
@@ -263,14 +264,31 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
+def _scored_pairs(args: argparse.Namespace):
+    """inspect / diagnose: the pairs (their candidates checked before the model loads) and the embedder."""
     from .candidates import load_for
-    from .run import format_inspect, run_inspect
-    from .scoring import ScoreSettings
 
     pairs = load_pairs(args)
     load_for(pairs, args.candidates)
-    embedder = _embedder(args)
+    return pairs, _embedder(args)
+
+
+def _report(args: argparse.Namespace, report: dict, text: str, name: str) -> int:
+    """Print a report and, with --out, write it as OUT/name (atomically)."""
+    from .candidates import write_atomic
+
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_atomic(args.out / name, json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .run import format_inspect, run_inspect
+    from .scoring import ScoreSettings
+
+    pairs, embedder = _scored_pairs(args)
     report = run_inspect(
         embedder,
         pairs,
@@ -281,23 +299,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         examples=args.examples,
         settings=ScoreSettings(batch_size=args.batch_size, progress=not args.quiet),
     )
-    print(format_inspect(report))
-    if args.out:
-        from .candidates import write_atomic
-
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_atomic(args.out / "inspect.json", json.dumps(report, indent=2) + "\n")
-    return 0
+    return _report(args, report, format_inspect(report), "inspect.json")
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from .candidates import load_for, write_atomic
     from .diagnose import format_diagnose, run_diagnose
     from .scoring import ScoreSettings
 
-    pairs = load_pairs(args)
-    load_for(pairs, args.candidates)
-    embedder = _embedder(args)
+    pairs, embedder = _scored_pairs(args)
     report = run_diagnose(
         embedder,
         pairs,
@@ -307,8 +316,4 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         settings=ScoreSettings(batch_size=args.batch_size, progress=not args.quiet),
     )
-    print(format_diagnose(report))
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_atomic(args.out / "diagnose.json", json.dumps(report, indent=2) + "\n")
-    return 0
+    return _report(args, report, format_diagnose(report), "diagnose.json")

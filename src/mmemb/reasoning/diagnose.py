@@ -108,12 +108,12 @@ def run_diagnose(
         examples = [{"pair_id": pairs[i].id, "text": out.texts[i]} for i in range(0, N, max(1, N // 6))][:6]
     ok = np.array([[bool(r and r["valid"]) for r in slots[i]] for i in range(N)], bool).reshape(N, K)
     first = np.array([next((k for k in range(K) if not np.isnan(QR[i, k, 0])), -1) for i in range(N)])
-    sens = [i for i in with_donor if first[i] >= 0]
+    sens = {i for i in with_donor if first[i] >= 0}  # pairs with a rationale and a swapped control
     tasks = list(dict.fromkeys(p.task for p in pairs))
     rows = {t: [i for i, p in enumerate(pairs) if p.task == t] for t in tasks}
 
     def block(idx: list[int]) -> dict:
-        idx_s = [i for i in idx if i in set(sens)]
+        idx_s = [i for i in idx if i in sens]
         qr = QR[idx_s, first[idx_s]] if idx_s else np.zeros((0, T.shape[1]))
         return {
             "pairs": len(idx),
