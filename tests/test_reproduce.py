@@ -64,8 +64,16 @@ def test_every_stage_ran_and_the_results_hold_together(study):
     assert "Paired differences" in report and "95% CI" in report
     assert "| adaptive (policy) |" in report and "no selection" in report and "counterfactual" in report
     assert (out / "sweep.png").stat().st_size > 0
-    # the ablations trained on different data: the four stage-1 models differ
+    # the ablations trained on different data: the four stage-1 models differ, and each started from the
+    # shared warm start (which also scored the candidates); every trained model keeps the think format
     assert len({Embedder.from_pretrained(out / f"stage1-{v}" / "final").fingerprint() for v in VARIANTS}) == 4
+    base = str(out / "stage1-base" / "final")
+    for v in VARIANTS:
+        config = (out / f"stage1-{v}" / "config.yaml").read_text()
+        assert f"init: {base}" in config, v
+        assert Embedder.from_pretrained(out / f"stage1-{v}" / "final").config.generation.guard, v
+    scorer = json.loads((out / "select" / "summary.json").read_text())["settings"]["scorer"]
+    assert scorer == Embedder.from_pretrained(base).fingerprint()
 
 
 def test_exported_weights_load_to_the_evaluated_model_and_reproduce_its_numbers(study, monkeypatch):
@@ -107,7 +115,7 @@ def test_a_rerun_resumes_and_a_lost_stage_is_redone_identically(study, monkeypat
     shutil.rmtree(out / "eval" / "none")
     assert main(["reproduce", "--tiny", "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "stage 5/13 stage1-none: done earlier" in err and "stage 10/13 eval: running" in err
+    assert "stage 6/14 stage1-none: done earlier" in err and "stage 11/14 eval: running" in err
     after = json.loads((out / "results.json").read_text())["models"]
     assert after == before  # the embedding cache gives back the same vectors, latencies included
 

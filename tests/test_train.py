@@ -92,6 +92,37 @@ def test_gradcache_equals_the_full_batch_on_the_real_backbone(world, tmp_path, p
             torch.testing.assert_close(g[n], g_full[n], rtol=rtol, atol=atol * scale, msg=n)
 
 
+@pytest.mark.parametrize("model", ["tiny", "nano"])
+def test_the_shared_prefix_runs_once_and_changes_no_loss_or_gradient(world, tmp_path, model):
+    """Backbone.forward with `prefix_ids`: the template's prefix (system message) runs once per forward and is
+    broadcast to the rows; losses and gradients equal those of running every row in full (float32), on the
+    tiny Qwen2-VL (multimodal RoPE, hf attention) and on nano (LoRA, the Llama decoder)."""
+    init = world["tiny"] if model == "tiny" else "nano"
+    results = []
+    for share in (False, True):
+        cfg = cfg_for(world, tmp_path, f"model.init={init}", "batch.chunk=0", "data.variant=none",
+                      "data.tasks=[Toy-CLS]")  # fmt: skip
+        emb, examples, forward = setup(world, cfg)
+        emb.share_prefix = share
+        seen = []
+
+        def spy(*args, seen=seen, forward=forward):
+            seen.append(args[5] is not None and args[0].shape[1])  # prefix_ids given: the suffix length
+            return forward(*args)
+
+        emb.backbone.train()
+        out = batch_backward(spy, emb, examples[:4], cfg, lambda x: x.backward())
+        results.append((out, grads(emb), seen))
+    (full, g_full, seen_full), (shared, g_shared, seen_shared) = results
+    assert seen_full == [False] and seen_shared[0]  # the sharing path really ran, on suffixes only
+    for k in ("loss", "disc_loss", "gen_loss", "lm_loss"):
+        assert float(shared[k]) == pytest.approx(float(full[k]), rel=1e-5, abs=1e-6), k
+    assert set(g_shared) == set(g_full) and g_full
+    for n in g_full:
+        torch.testing.assert_close(g_shared[n], g_full[n], rtol=1e-4, atol=1e-5 * g_full[n].abs().max().item(),
+                                   msg=n)  # fmt: skip
+
+
 def test_a_few_steps_change_the_trainable_weights_and_lower_the_loss_on_a_fixed_batch(world, tmp_path):
     cfg = cfg_for(world, tmp_path)
     emb, examples, _ = setup(world, cfg)

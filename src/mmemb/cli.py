@@ -26,7 +26,7 @@ COMMANDS = {
     "reason": "Reasoning paths: generate candidate rationales, select them by counterfactual utility, inspect.",
     "serve": "An OpenAI-compatible embeddings server (POST /v1/embeddings, /health, /metrics) with dynamic "
     "batching and adaptive reasoning.",
-    "reproduce": "The MMEmb-R1 study end to end (data, rationales, selection, stage 1 x 4 ablations, policy, "
+    "reproduce": "The MMEmb-R1 study end to end (data, rationales, warm start, selection, stage 1 x 4 ablations, policy, "
     "evaluation, λ sweep, report), resumable stage by stage; --eval-only evaluates shipped weights.",
 }
 
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="tiny random Qwen2-VL and a 5%% mmeb-mini build (CI)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
                    help="compute dtype (default: the model's saved setting, auto = bf16 where the hardware has it)")  # fmt: skip
-    p.add_argument("--limit", type=int, help="test queries per task (default 30; 0: all)")
+    p.add_argument("--limit", type=int, help="test queries per task (default 0: all)")
     p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("serve", help=COMMANDS["serve"], description=COMMANDS["serve"] + " The API key, if any, "
                        "is read from the MMEMB_API_KEY environment variable (not a flag: flags show in `ps`).")  # fmt: skip

@@ -2,9 +2,12 @@
 
     data               mmeb-mini (the cached default build; --tiny: a 5% build in OUT/data)
     candidates         K rationales per training query from the teacher           (reason generate)
-    select             pair-aware counterfactual selection, utility "pair"         (reason select)
+                         hints     the query item's human annotations told at K levels of detail (default)
+                         model     sampled from the recipe's model (SmolLM2 given the hints, for nano)
+    stage1-base        the shared warm start: stage 1 without reasoning, recipe.warm_start
+    select             pair-aware counterfactual selection, utility "pair", scored by the warm start
     select-absolute    the same candidates scored by cos(q+r, t) alone: no counterfactual control
-    stage1-<variant>   stage-1 training, one run per ablation:                     (train stage1)
+    stage1-<variant>   stage-1 training from the warm start, one run per ablation: (train stage1)
                          none      no reasoning (every pair trains the no-think completion)
                          all       every valid candidate (no selection)
                          absolute  the rationale chosen without counterfactual control
@@ -15,6 +18,12 @@
     sweep              one head per λ on the same outcomes: the accuracy / invocation curve
     report             OUT/report.md, OUT/results.json, OUT/sweep.png; the table is printed
     export             OUT/weights: the policy model in half precision, with the recipe and results
+
+Why a shared warm start: the counterfactual utilities need a scorer whose embeddings already mean something
+(an untrained model's cosines move with any appended text, docs/reasoning.md), and the four ablations then
+differ only in what their second pass over the pairs trains on, at equal cost. The warm start is one pass of
+the no-reasoning variant, so every stage-1 model sees every pair twice and variant `none` is simply two
+passes without reasoning. An empty `warm_start` trains each variant from the backbone and scores with it.
 
 Every stage writes into OUT/<stage>/ and ends by writing OUT/<stage>/DONE.json, so a rerun skips the
 finished stages; an interrupted stage resumes inside itself (the candidates file is append-only, stage 1
@@ -64,6 +73,11 @@ ABLATIONS = {
 }
 
 
+# one pass over mmeb-mini's 3,900 training pairs at batch 16 (no GradCache: a batch of 16 fits in memory)
+_ONE_PASS = ("batch.size=16", "batch.chunk=0", "optim.lr=2e-4", "run.max_steps=244", "run.save_every=50",
+             "run.log_every=10")  # fmt: skip
+
+
 @dataclass
 class Recipe:
     """Every setting of the study (saved as OUT/recipe.json). Stage overrides use the `key=value` syntax of
@@ -72,23 +86,20 @@ class Recipe:
     model: str = "nano"
     data_root: str = ""  # "" = the cached default mmeb-mini build
     data_scale: float = 1.0  # the build when data_root is a folder that does not exist yet
-    pairs_per_task: int = 24
+    pairs_per_task: int = 0  # training pairs per task (0: all of them)
+    teacher: str = "hints"  # candidates: "hints" (the annotations at K levels) | "model" (sampled from it)
     k: int = 4
     teacher_batch: int = 16
     budget: int = 64  # reasoning-token cap of always-think and of the policy's think action
-    stage1: list = field(
-        default_factory=lambda: [
-            "batch.size=8",
-            "batch.chunk=8",
-            "optim.lr=2e-4",
-            "run.max_steps=100",
-            "run.save_every=20",
-            "run.log_every=10",
-        ]
+    guard: bool = True  # generation.guard of every trained model: think output kept in the format
+    # stage1-base, the shared warm start (no reasoning); [] = none: variants start from the backbone
+    warm_start: list = field(default_factory=lambda: list(_ONE_PASS))
+    stage1: list = field(default_factory=lambda: list(_ONE_PASS))  # each variant, from the warm start
+    policy: list = field(
+        default_factory=lambda: ["policy.lam=0.01", "data.limit_per_task=40", "run.log_every=50"]
     )
-    policy: list = field(default_factory=lambda: ["policy.lam=0.01", "run.log_every=50"])
     lams: list = field(default_factory=lambda: [0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0])
-    eval_limit: int = 30  # test queries per task (0: all); global corpora are kept whole
+    eval_limit: int = 0  # test queries per task (0: all); global corpora are kept whole
     eval_batch: int = 16
 
     @classmethod
@@ -99,9 +110,11 @@ class Recipe:
             data_root=str(out / "data"),
             data_scale=0.05,
             pairs_per_task=2,
+            teacher="model",  # the sampling path end to end (the hints path is instant and unit-tested)
             k=2,
             teacher_batch=8,
             budget=6,
+            warm_start=["batch.size=4", "batch.chunk=4", "run.max_steps=1", "run.save_every=1"],
             stage1=[
                 "batch.size=4",
                 "batch.chunk=4",
@@ -193,21 +206,28 @@ class Study:
 
         return read_pairs(str(self.data_root), split="train", limit_per_task=self.recipe.pairs_per_task)
 
+    @property
+    def start(self) -> str:
+        """What every stage-1 variant starts from and what scores the candidates: the warm start, if any."""
+        return str(self.out / "stage1-base" / "final") if self.recipe.warm_start else self.recipe.model
+
     def stage1_config(self, variant: str):
+        """`variant`: one of VARIANTS, or "base" (the warm start: no reasoning, from the backbone)."""
         from .train.config import load_train_config
 
         sel = "select-absolute" if variant == "absolute" else "select"
+        base = variant == "base"
         return load_train_config(
             None,
             [
-                f"model.init={self.recipe.model}",
+                f"model.init={self.recipe.model if base else self.start}",
                 f"data.source={self.data_source}",
                 f"data.limit_per_task={self.recipe.pairs_per_task}",
-                f"data.variant={'selected' if variant == 'absolute' else variant}",
+                f"data.variant={'none' if base else 'selected' if variant == 'absolute' else variant}",
                 f"data.selection={self.out / sel / 'selection.jsonl'}",
                 f"data.candidates={self.out / 'candidates' / 'candidates.jsonl'}",
                 f"run.output={self.out / ('stage1-' + variant)}",
-                *self.recipe.stage1,
+                *(self.recipe.warm_start if base else self.recipe.stage1),
             ],
         )
 
@@ -261,12 +281,16 @@ class Study:
     def stage_candidates(self, stage: str) -> dict:
         from .embedder import Embedder
         from .reasoning.candidates import generate_candidates
-        from .reasoning.teachers import LocalTeacher
+        from .reasoning.teachers import HintTeacher, LocalTeacher
 
         r = self.recipe
-        teacher = LocalTeacher(
-            Embedder.from_pretrained(r.model), name=f"local:{r.model}", batch_size=r.teacher_batch
-        )
+        if r.teacher == "hints":
+            teacher = HintTeacher()
+        elif r.teacher == "model":
+            model = Embedder.from_pretrained(r.model)
+            teacher = LocalTeacher(model, name=f"local:{r.model}", batch_size=r.teacher_batch)
+        else:
+            raise InputError(f"recipe teacher {r.teacher!r}: use 'hints' or 'model'")
         rep = generate_candidates(
             self.pairs(), teacher, r.k, self.out / stage / "candidates.jsonl", batch_size=r.teacher_batch,
             progress=self.log,
@@ -275,7 +299,8 @@ class Study:
             raise RuntimeError(
                 f"{rep.failed} teacher request(s) failed: {rep.errors[:3]}; rerun to retry them"
             )
-        return {"written": rep.written, "malformed": rep.malformed, "existing": rep.existing}
+        return {"written": rep.written, "malformed": rep.malformed, "existing": rep.existing,
+                "skipped": rep.skipped, "teacher": teacher.name}  # fmt: skip
 
     def stage_select(self, stage: str) -> dict:
         from .backbones.assets import cache_dir
@@ -285,7 +310,7 @@ class Study:
 
         utility = "absolute" if stage == "select-absolute" else "pair"
         summary = run_select(
-            Embedder.from_pretrained(self.recipe.model), self.pairs(),
+            Embedder.from_pretrained(self.start), self.pairs(),
             self.out / "candidates" / "candidates.jsonl", self.out / stage, cache_dir() / "embeddings",
             utility=utility, settings=ScoreSettings(batch_size=self.recipe.eval_batch, progress=self.log),
         )  # fmt: skip
@@ -296,6 +321,8 @@ class Study:
 
         final = train_stage1(self.stage1_config(stage.removeprefix("stage1-")), log=self.log)
         halve(final)
+        if self.recipe.guard:
+            set_generation(final, guard=True)
         return {"final": str(final)}
 
     def stage_policy(self, stage: str) -> dict:
@@ -386,7 +413,9 @@ class Study:
         return {"bytes": size, **ids}
 
 
-TRAIN_STAGES = ["data", "candidates", "select", "select-absolute"] + [f"stage1-{v}" for v in VARIANTS]
+TRAIN_STAGES = ["data", "candidates", "stage1-base", "select", "select-absolute"] + [
+    f"stage1-{v}" for v in VARIANTS
+]
 ALL_STAGES = TRAIN_STAGES + ["policy", "eval", "sweep", "report", "export"]
 EVAL_ONLY_STAGES = ["data", "eval", "report"]
 
@@ -395,7 +424,8 @@ def reproduce(
     out: Path, recipe: Recipe, eval_only: bool = False, log: bool = True, dtype: str | None = None
 ) -> dict:
     study = Study(out, recipe, eval_only, log, dtype)
-    study.run(EVAL_ONLY_STAGES if eval_only else ALL_STAGES)
+    stages = [s for s in ALL_STAGES if s != "stage1-base" or recipe.warm_start]
+    study.run(EVAL_ONLY_STAGES if eval_only else stages)
     return json.loads((Path(out) / "results.json").read_text())
 
 
@@ -575,6 +605,14 @@ def halve(folder: Path, storage: bool = False) -> None:
     tmp = f.with_name(".nano.safetensors.tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.replace(f)
+
+
+def set_generation(folder: Path, **settings) -> None:
+    """Set `generation` keys (e.g. guard=True) in a saved model's embedder_config.json, atomically."""
+    f = Path(folder) / "embedder_config.json"
+    config = json.loads(f.read_text())
+    config["generation"].update(settings)
+    _write(f, json.dumps(config, indent=2) + "\n")
 
 
 def _write(path: Path, text: str) -> None:

@@ -106,11 +106,32 @@ class Backbone(nn.Module):
         position_ids: torch.Tensor,
         extra: dict | None = None,
         lm_mask: torch.Tensor | None = None,
+        prefix_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The training forward (no cache): hidden states (B, T, D) and, where `lm_mask` (B, T-1) is set,
-        next-token logits (n, V) from the positions it marks. Everything with a gradient happens in here,
-        so a wrapper (DDP under accelerate) sees every use of every parameter (the LM head included)."""
-        hidden, _ = self.forward_hidden(input_ids, attention_mask, position_ids, None, extra, use_cache=False)
+        """The training forward: hidden states (B, T, D) and, where `lm_mask` (B, T-1) is set, next-token
+        logits (n, V) from the positions it marks. Everything with a gradient happens in here, so a wrapper
+        (DDP under accelerate) sees every use of every parameter (the LM head included).
+
+        `prefix_ids` (1, P): the inputs are suffixes of a shared prefix (`Embedder.split_prefix`). The prefix
+        is run once, with grad, and its keys and values are broadcast to the B rows (the backward of the
+        broadcast sums their gradients), exactly as `prefill` continues a cached prefix: the same hidden
+        states and gradients as running every row in full (tests/test_train.py), for B times fewer prefix
+        tokens."""
+        cache, mask, pos = None, attention_mask, position_ids
+        if prefix_ids is not None:
+            from ..decode import _layers
+
+            P, B = prefix_ids.shape[1], mask.shape[0]
+            ones = torch.ones_like(prefix_ids)  # (1, P)
+            _, pc = self.forward_hidden(
+                prefix_ids, ones, self.text_positions(ones), None, None, use_cache=True
+            )
+            cache = Prefix(P, [(layer.keys, layer.values) for layer in _layers(pc)]).cache(B)
+            mask = torch.cat(
+                [torch.ones(B, P, dtype=mask.dtype, device=mask.device), mask], dim=1
+            )  # (B, P+T)
+            pos = pos + P
+        hidden, _ = self.forward_hidden(input_ids, mask, pos, cache, extra, use_cache=cache is not None)
         logits = self.logits(hidden[:, :-1][lm_mask]) if lm_mask is not None else None
         return hidden, logits
 

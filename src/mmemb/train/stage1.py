@@ -84,8 +84,13 @@ def embed_with_completions(
     last token (<gen_emb>), both L2-normalised, the summed next-token loss over the completion tokens of the
     first `lm_rows` rows (default all), and how many tokens that sum covers."""
     bb = embedder.backbone
-    p = bb.prepare(samples, [embedder.prompt(s) + c for s, c in zip(samples, completions, strict=True)])
+    texts = [embedder.prompt(s) + c for s, c in zip(samples, completions, strict=True)]
+    split = embedder.split_prefix(texts)  # the shared prefix runs once per forward (Backbone.forward)
+    p = bb.prepare(samples, texts if split is None else split[1])
     device = bb.device
+    prefix = None if split is None else torch.tensor([split[0]], device=device)  # (1, P)
+    if prefix is not None:
+        bb.check_lengths(samples, (p.attention_mask.sum(1) + prefix.shape[1]).tolist())
     ids = p.input_ids.to(device)  # (b, T)
     b, T = ids.shape
     is_disc = ids == embedder.ids["disc_emb"]  # (b, T)
@@ -93,7 +98,9 @@ def embed_with_completions(
     predicts = (torch.arange(T, device=device)[None, :] > disc_pos[:, None])[:, 1:]  # (b, T-1): next is ours
     predicts[(b if lm_rows is None else lm_rows) :] = False
     extra = {k: v.to(device) for k, v in p.extra.items()}
-    hidden, logits = model(ids, p.attention_mask.to(device), p.position_ids.to(device), extra, predicts)
+    hidden, logits = model(
+        ids, p.attention_mask.to(device), p.position_ids.to(device), extra, predicts, prefix
+    )
     rows = torch.arange(b, device=device)
     disc = F.normalize(hidden[rows, disc_pos].float(), dim=-1)  # (b, D)
     gen = F.normalize(hidden[:, -1].float(), dim=-1)  # (b, D)
