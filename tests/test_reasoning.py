@@ -399,6 +399,26 @@ def test_diagnose_on_nano_matches_a_hand_ranking(nano, toy, tmp_path, capsys):
     )
 
 
+def test_diagnose_measures_how_much_the_models_own_rationale_moves_its_vector(nano, toy, tmp_path):
+    """cos(q+own, q+own'): the model's own rationale against another query's, both teacher-forced into q, over
+    the pairs whose own rationale is well-formed (the format guard makes most of untrained nano's so)."""
+    from mmemb.reasoning.diagnose import run_diagnose
+
+    pairs = read_pairs(toy, skip_per_task=2)
+    cands = tmp_path / "c.jsonl"
+    cio.generate_candidates(pairs, FakeTeacher(), 2, cands, progress=False)
+    nano.config.generation.guard = True
+    try:
+        rep = run_diagnose(nano, pairs, cands, tmp_path / "cache", max_new_tokens=16)
+    finally:
+        nano.config.generation.guard = False
+    for b in rep["tasks"].values():
+        assert b["own_well_formed"] >= 50
+        assert -1 <= b["cos(q+own, q+own')"] < 0.99999  # the rationales differ, so the vectors do
+    no_own = run_diagnose(nano, pairs, cands, tmp_path / "cache", own=False)
+    assert no_own["overall"]["cos(q+own, q+own')"] is None
+
+
 def test_hint_teacher_tells_each_hint_at_distinct_levels_and_skips_what_it_cannot_say():
     from mmemb.reasoning.teachers import HintTeacher, hint_rationales
 

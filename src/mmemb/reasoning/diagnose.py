@@ -17,7 +17,10 @@ the data (the row's other candidates), or, for a pair without any, every other t
 A pair without a valid teacher candidate counts as `none` under teacher (it would not reason), so every
 comparison is over the same pairs; differences come with a paired bootstrap interval (eval/stats.py).
 Sensitivity: the mean cos(E(q⊕r), E(q⊕r′)) over pairs with a rationale and a donor (UME-R1's users measured
-0.95-0.98 on UME-R1: its gen embedding barely reads what the rationale says), and cos(E(q⊕r), E(q)).
+0.95-0.98 on UME-R1: its gen embedding barely reads what the rationale says), and cos(E(q⊕r), E(q)). With
+`own`, also cos(E(q⊕own), E(q⊕own′)): the model's own well-formed rationale against another query's (a
+same-task donor with another target), both teacher-forced into q; it needs no teacher, so it is measured on
+test queries too.
 """
 
 from __future__ import annotations
@@ -99,6 +102,7 @@ def run_diagnose(
         QN[named] = forced([(pairs[i].query, c) for i, c in zip(named, says, strict=True)])
     hit["named"] = np.where(np.isnan(QN[:, 0]), hit["none"], _hits(QN, C))
     own_ok = np.zeros(N, bool)
+    QO = QOS = np.full_like(T, np.nan)
     if own:
         out = embedder.encode([p.query for p in pairs], mode="think", batch_size=s.batch_size,
                               progress=s.progress, max_new_tokens=max_new_tokens)  # fmt: skip
@@ -106,6 +110,18 @@ def run_diagnose(
         for i, (text, found) in enumerate(zip(out.texts, out.gen_emb_found, strict=True)):
             own_ok[i] = found and parse_rationale(text.removesuffix(tokens.gen_emb), tokens).valid
         examples = [{"pair_id": pairs[i].id, "text": out.texts[i]} for i in range(0, N, max(1, N // 6))][:6]
+        # sensitivity of the model's own reasoning: its rationale against another query's own rationale, both
+        # teacher-forced into q (what the done-when of issue 17 asks on test queries, which have no teacher)
+        parsed = [parse_rationale(t.removesuffix(tokens.gen_emb), tokens) for t in out.texts]
+        own_slots = [[{"valid": True, "think": r.think, "answer": r.answer}] if own_ok[i] else [None]
+                     for i, r in enumerate(parsed)]  # fmt: skip
+        own_donors = pick_donors(pairs, own_slots, s.seed)
+        own_sens = [i for i in range(N) if own_ok[i] and own_donors[i] is not None]
+        QO, QOS = np.full_like(T, np.nan), np.full_like(T, np.nan)  # (N, D): q+own_i, q+own_donor
+        if own_sens:
+            mine = forced([(pairs[i].query, think(own_slots[i][0])) for i in own_sens])
+            theirs = forced([(pairs[i].query, think(own_slots[index[own_donors[i]]][0])) for i in own_sens])
+            QO[own_sens], QOS[own_sens] = mine, theirs
     ok = np.array([[bool(r and r["valid"]) for r in slots[i]] for i in range(N)], bool).reshape(N, K)
     first = np.array([next((k for k in range(K) if not np.isnan(QR[i, k, 0])), -1) for i in range(N)])
     sens = {i for i in with_donor if first[i] >= 0}  # pairs with a rationale and a swapped control
@@ -123,6 +139,7 @@ def run_diagnose(
             "own_well_formed": round(100 * float(own_ok[idx].mean()), 1) if own else None,
             "cos(q+r, q+r')": round(float(np.einsum("nd,nd->n", qr, QS[idx_s]).mean()), 4) if idx_s else None,
             "cos(q+r, q)": round(float(np.einsum("nd,nd->n", qr, Q0[idx_s]).mean()), 4) if idx_s else None,
+            "cos(q+own, q+own')": _mean_cos(QO[idx], QOS[idx]) if own else None,
         }
 
     overall = block(list(range(N)))
@@ -144,6 +161,12 @@ def run_diagnose(
     if own:
         report["own_examples"] = examples
     return report
+
+
+def _mean_cos(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Mean row cosine of unit vectors (n, D) over the rows both have (NaN rows: none)."""
+    have = ~np.isnan(a[:, 0]) & ~np.isnan(b[:, 0]) if len(a) else np.zeros(0, bool)
+    return round(float(np.einsum("nd,nd->n", a[have], b[have]).mean()), 4) if have.any() else None
 
 
 def _candidate_sets(pairs: list[Pair], T: np.ndarray, embed) -> list[np.ndarray]:
@@ -180,12 +203,13 @@ def _hits(V: np.ndarray, C: list[np.ndarray]) -> np.ndarray:
 def format_diagnose(report: dict) -> str:
     """A markdown table per task and the intervals."""
     names = list(report["overall"]["hit@1"])
-    cols = ["pairs", "cands", *names, "teacher valid %", "own well-formed %", "cos(q+r, q+r')", "cos(q+r, q)"]
+    cols = ["pairs", "cands", *names, "teacher valid %", "own well-formed %", "cos(q+r, q+r')", "cos(q+r, q)",
+            "cos(q+own, q+own')"]  # fmt: skip
     head = "| task | " + " | ".join(cols) + " |"
-    lines = [head, "|" + "---|" * (len(names) + 7)]
+    lines = [head, "|" + "---|" * (len(names) + 8)]
     for task, b in [*report["tasks"].items(), ("**overall**", report["overall"])]:
         cells = [b["pairs"], b["candidates"], *(b["hit@1"][n] for n in names), b["teacher_valid"],
-                 b["own_well_formed"], b["cos(q+r, q+r')"], b["cos(q+r, q)"]]  # fmt: skip
+                 b["own_well_formed"], b["cos(q+r, q+r')"], b["cos(q+r, q)"], b.get("cos(q+own, q+own')")]  # fmt: skip
         lines.append(f"| {task} | " + " | ".join(str(c) for c in cells) + " |")
     lines.append("")
     for name, ci in report["differences"].items():
