@@ -71,7 +71,15 @@ def worker(model: str, strategy_name: str, steps: int, out: Path) -> dict:
         t = time.perf_counter()
         batch = [examples[i] for i in order.next(4 * world)[rank * 4 : (rank + 1) * 4]]
         hold = strategy.no_sync
-        batch_backward(strategy.model, embedder, batch, cfg, strategy.backward, no_sync=hold)
+        batch_backward(
+            strategy.model,
+            embedder,
+            batch,
+            cfg,
+            strategy.backward,
+            no_sync=hold,
+            share_prefix=strategy.shares_prefix,
+        )
         strategy.step(1.0)
         times.append(time.perf_counter() - t)
     params = [p for p in strategy.model.parameters()]

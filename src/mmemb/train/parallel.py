@@ -43,6 +43,9 @@ class DataParallel:
     """accelerate's DDP (or a single process): every rank holds the whole model and optimizer."""
 
     sharded = False
+    # stage 1 may run the shared prompt prefix once per forward (Backbone.forward): its keys and values reach
+    # the loss through the KV cache, not through a block's output
+    shares_prefix = True
 
     def __init__(self, accelerator, cfg: TrainConfig):
         self.accelerator, self.cfg = accelerator, cfg
@@ -93,6 +96,9 @@ class FullyShardedDataParallel(DataParallel):
     would cost a full copy of the gradients per rank, which is what sharding is for avoiding."""
 
     sharded = True
+    # FSDP2 unshards a block for backward from a hook on the block's outputs; gradients that reach it through
+    # the prefix's KV cache bypass that hook and find the parameters freed, so every row runs in full
+    shares_prefix = False
 
     def prepare(self, backbone: nn.Module) -> None:
         from torch.distributed.device_mesh import init_device_mesh

@@ -79,13 +79,15 @@ def embed_with_completions(
     samples: list,
     completions: list[str],
     lm_rows: int | None = None,
+    share_prefix: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """One forward with grad over prompt + completion. Returns disc (b, D) at <disc_emb>, gen (b, D) at the
     last token (<gen_emb>), both L2-normalised, the summed next-token loss over the completion tokens of the
-    first `lm_rows` rows (default all), and how many tokens that sum covers."""
+    first `lm_rows` rows (default all), and how many tokens that sum covers. `share_prefix`: run the prompts'
+    shared prefix once per forward (Backbone.forward: the same result; off where the strategy cannot)."""
     bb = embedder.backbone
     texts = [embedder.prompt(s) + c for s, c in zip(samples, completions, strict=True)]
-    split = embedder.split_prefix(texts)  # the shared prefix runs once per forward (Backbone.forward)
+    split = embedder.split_prefix(texts) if share_prefix else None
     p = bb.prepare(samples, texts if split is None else split[1])
     device = bb.device
     prefix = None if split is None else torch.tensor([split[0]], device=device)  # (1, P)
@@ -115,10 +117,17 @@ def completion_tokens(embedder: Embedder, batch: list[Example]) -> int:
 
 
 def batch_backward(
-    model, embedder: Embedder, batch: list[Example], cfg: TrainConfig, backward, no_sync=None
+    model,
+    embedder: Embedder,
+    batch: list[Example],
+    cfg: TrainConfig,
+    backward,
+    no_sync=None,
+    share_prefix=True,
 ) -> dict:
     """Forward + backward of one contrastive batch (GradCache when batch.chunk < batch.size). `no_sync`:
-    a context that stops DDP from synchronising (all chunks but the last accumulate locally)."""
+    a context that stops DDP from synchronising (all chunks but the last accumulate locally); `share_prefix`:
+    see embed_with_completions."""
     L = cfg.loss
     # the LM term is a token mean over the global batch: every process divides by the tokens of all of them and
     # multiplies by their number, which the gradient averaging (DDP, FSDP, ZeRO) divides out again
@@ -141,7 +150,9 @@ def batch_backward(
             + [e.t_completion for e in chunk]
             + [chunk[0].t_completion] * len(negs)
         )
-        disc, gen, lm_sum, _ = embed_with_completions(model, embedder, samples, comps, lm_rows=2 * b)
+        disc, gen, lm_sum, _ = embed_with_completions(
+            model, embedder, samples, comps, lm_rows=2 * b, share_prefix=share_prefix
+        )
         embs = {"q_disc": disc[:b], "t_disc": disc[b : 2 * b], "q_gen": gen[:b], "t_gen": gen[b : 2 * b]}
         if H:  # hard negatives from the data, embedded like targets (no-think); no LM loss on them
             embs |= {
@@ -304,7 +315,7 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
             hold = strategy.no_sync  # a context keeping gradients local; None: reduced at every backward
             with nullcontext() if last or hold is None else hold():
                 res = batch_backward(model, embedder, batch, cfg, lambda x: strategy.backward(x / accum),
-                                     no_sync=hold if last else None)  # fmt: skip
+                                     no_sync=hold if last else None, share_prefix=strategy.shares_prefix)  # fmt: skip
             for k, v in res.items():
                 logs[k] = logs.get(k, 0.0) + float(v) / accum
         logs |= {"lr": lr, "grad_norm": strategy.step(cfg.optim.max_grad_norm)}
