@@ -450,3 +450,23 @@ def test_nano_trains_in_bf16_with_float32_masters(world, tmp_path):
     assert {v.dtype for k, v in moments.items() if k.endswith("exp_avg")} == {torch.float32}
     vecs = Embedder.from_pretrained(final, dtype="float32").encode(["a red circle"]).vectors
     assert np.isfinite(vecs).all()
+
+
+def test_a_selection_over_more_pairs_serves_a_subset_but_every_pair_needs_one(tmp_path):
+    """The reproduce policy stage trains on 40 pairs per task with the selection made over all of them."""
+    from mmemb.config import TokensConfig
+    from mmemb.data.pairs import Pair
+    from mmemb.train.data import read_selection
+    from mmemb.types import InputError, Sample
+
+    def pair(i):
+        return Pair(f"T/train/{i}", "T", Sample(text=f"q{i}"), Sample(text=f"t{i}"))
+
+    rows = [{"pair_id": f"T/train/{i}", "label": "think" if i % 2 else "no_think",
+             "rationale": {"think": f"r{i}", "answer": f"a{i}"} if i % 2 else None} for i in range(4)]  # fmt: skip
+    path = tmp_path / "selection.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    chosen = read_selection([pair(0), pair(1)], path, TokensConfig())
+    assert list(chosen) == ["T/train/1"] and "r1" in chosen["T/train/1"][0]
+    with pytest.raises(InputError, match="1 training pair\\(s\\) have no selection.*T/train/7"):
+        read_selection([pair(1), pair(7)], path, TokensConfig())

@@ -74,13 +74,12 @@ def read_selection(pairs: list[Pair], path: Path, tokens: TokensConfig) -> dict[
     known = {p.id for p in pairs}
     seen: set[str] = set()
     out: dict[str, list[str]] = {}
-    for where, row in read_rows(path):
+    for _, row in read_rows(path):
         pid = row.get("pair_id")
-        if pid not in known:
-            raise InputError(
-                f"{where}: pair {pid!r} is not in the training data; select with the same --data, --tasks "
-                "and --limit-per-task as data.source, data.tasks, data.limit_per_task"
-            )
+        if (
+            pid not in known
+        ):  # a selection over more pairs serves any subset (the policy's data.limit_per_task)
+            continue
         seen.add(pid)
         r = row.get("rationale")
         if row.get("label") == "think" and r:
@@ -88,8 +87,9 @@ def read_selection(pairs: list[Pair], path: Path, tokens: TokensConfig) -> dict[
     missing = sorted(known - seen)
     if missing:
         raise InputError(
-            f"{path}: {len(missing)} training pair(s) have no selection (first: {missing[:3]}); rerun select "
-            "on the same data"
+            f"{path}: {len(missing)} training pair(s) have no selection (first: {missing[:3]}); select with "
+            "the same --data and --tasks as data.source and data.tasks, and a --limit-per-task at least "
+            "data.limit_per_task"
         )
     return out
 
