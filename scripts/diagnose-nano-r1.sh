@@ -1,7 +1,7 @@
 #!/bin/bash
 # issue 17 step 1 on the reproduced model: held-out (test) pairs, 40 per task
 set -e
-cd /work/main && . .venv/bin/activate
+cd "$(dirname "$0")/.." && . .venv/bin/activate  # run after mmemb reproduce
 R=runs/reproduce-diag; mkdir -p $R
 M=runs/reproduce/stage1-selected/final
 date
