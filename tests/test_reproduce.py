@@ -133,7 +133,7 @@ def test_other_settings_in_the_same_folder_are_refused(study, monkeypatch, capsy
 def test_the_shipped_nano_r1_loads_to_the_recorded_model(tmp_path):
     recipe = json.loads((PRETRAINED["nano-r1"] / "RECIPE.json").read_text())
     results = json.loads((PRETRAINED["nano-r1"] / "results.json").read_text())
-    model = Embedder.from_pretrained("nano-r1", dtype=results.get("dtype", "float32"))  # as it ran
+    model = Embedder.from_pretrained("nano-r1", dtype=results["dtype"])  # as it ran
     assert model.fingerprint() == recipe["fingerprint"]
     assert model.policy_fingerprint() == recipe["policy_fingerprint"]
     assert recipe["command"] == "mmemb reproduce" and model.config.policy.trained
