@@ -11,7 +11,7 @@ from PIL import Image
 from mmemb import Embedder, Sample
 from mmemb.cli import COMMANDS, main
 
-from .conftest import PUBLISHED_SCORES, assert_same_vectors, write_image
+from .conftest import PUBLISHED_SCORES, assert_same_vectors, needs_debian_data, needs_shared, write_image
 
 
 @pytest.fixture
@@ -130,8 +130,7 @@ def test_eval_nano_on_a_small_real_mini(use_nano, tmp_path, capsys):
 
     from mmemb.data.mini import build_mini
 
-    if not Path("/usr/share/openclipart/png").is_dir():
-        pytest.skip("Debian data packages not installed (scripts/setup.sh installs them as root)")
+    needs_debian_data(Path("/usr/share/openclipart/png"))
     root = build_mini(tmp_path / "mini", seed=0, scale=0.02)
     out = tmp_path / "run"
     args = [
@@ -164,8 +163,7 @@ def test_eval_nano_on_a_small_real_mini(use_nano, tmp_path, capsys):
 
 def test_report_command_on_the_published_file(capsys):
     published = PUBLISHED_SCORES
-    if not published.is_file():
-        pytest.skip("../shared is not beside the repository")
+    needs_shared(published)
     assert main(["report", str(published)]) == 0
     out = capsys.readouterr().out
     assert "64.9" in out and "34.7" in out and "69.2" in out and "partial" in out

@@ -25,7 +25,7 @@ from mmemb.eval.metrics import (
     relevance_from_labels,
 )
 
-from .conftest import PUBLISHED_SCORES
+from .conftest import PUBLISHED_SCORES, needs_shared
 
 FILLER = [f"x{i}" for i in range(20)]  # never relevant
 
@@ -268,8 +268,7 @@ def test_single_relevant_identities_on_random_rankings() -> None:
 def test_published_imagenet_entry_shows_the_single_relevant_identities() -> None:
     # ImageNet-1K is single-label classification (1000 queries): the published means obey the same
     # identities, e.g. precision@5 0.1912 = 0.956 / 5 and f1@5 0.318667 = 2 * 0.956 / 6.
-    if not PUBLISHED_SCORES.is_file():
-        pytest.skip(f"{PUBLISHED_SCORES} not available")
+    needs_shared(PUBLISHED_SCORES)
     entry = json.loads(PUBLISHED_SCORES.read_text())["metrics"]["image"]["ImageNet-1K"]
     assert list(entry) == PUBLISHED_KEYS + ["num_pred", "num_data"]
     assert entry["num_pred"] == entry["num_data"] == 1000

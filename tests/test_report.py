@@ -13,14 +13,13 @@ import pytest
 from mmemb.eval.registry import META_TASKS, MMEB_V2, MODALITIES, DatasetInfo, meta_task_order, suite
 from mmemb.eval.report import ScoreFileError, format_report, load_scores, summarize, write_scores
 
-from .conftest import PUBLISHED_SCORES
+from .conftest import PUBLISHED_SCORES, needs_shared
 
 
 @pytest.fixture
 def published() -> Path:
     """VLM2Vec's real published score file (FACTS §3)."""
-    if not PUBLISHED_SCORES.is_file():
-        pytest.skip(f"published score file not found at {PUBLISHED_SCORES} (../shared beside the repository)")
+    needs_shared(PUBLISHED_SCORES)
     return PUBLISHED_SCORES
 
 

@@ -147,3 +147,25 @@ def test_the_default_build_is_recorded_by_name_not_by_cache_path(tmp_path):
     study = Study(tmp_path, Recipe(), log=False)
     assert study.stage1_config("selected").data.source == "mmeb-mini"
     assert study.policy_config().data.source == "mmeb-mini"  # what `policy.trained` records in the model
+
+
+def test_a_recipe_file_replaces_the_fields_it_names_and_refuses_bad_ones(tmp_path, capsys):
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps({"data_root": "runs/pick-data", "k": 3, "data_scale": 1, "guard": False}))
+    recipe = Recipe().updated(path)
+    assert (recipe.data_root, recipe.k, recipe.data_scale, recipe.guard) == ("runs/pick-data", 3, 1, False)
+    assert recipe.stage1 == Recipe().stage1 and recipe.model == "nano"  # the rest: the default recipe
+    for bad, says in (
+        ({"kk": 3}, "unknown field 'kk'"),
+        ({"k": "3"}, "k must be int"),
+        ({"k": True}, "k must be int"),
+        ({"stage1": "run.max_steps=3"}, "stage1 must be list"),
+        ([1, 2], "expected a JSON object"),
+    ):
+        path.write_text(json.dumps(bad))
+        assert main(["reproduce", "--recipe", str(path), "--out", str(tmp_path / "s")]) == 2
+        assert says in capsys.readouterr().err
+        assert not (tmp_path / "s").exists()  # refused before anything is written
+    path.write_text("{not json")
+    assert main(["reproduce", "--recipe", str(path), "--out", str(tmp_path / "s")]) == 2
+    assert "cannot read a JSON object" in capsys.readouterr().err

@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-only", action="store_true", help="evaluate --model only (no training)")
     p.add_argument("--model", help="eval-only: the model to evaluate (default nano-r1, the shipped weights)")
     p.add_argument("--tiny", action="store_true", help="tiny random Qwen2-VL and a 5%% mmeb-mini build (CI)")
+    p.add_argument("--recipe", type=Path, help="JSON object of study settings over the default recipe (the fields of "
+                   "reproduce.Recipe, as OUT/recipe.json records them), e.g. {\"data_root\": \"runs/pick-data\"}")  # fmt: skip
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
                    help="compute dtype (default: the model's saved setting, auto = bf16 where the hardware has it)")  # fmt: skip
     p.add_argument("--limit", type=int, help="test queries per task (default 0: all)")
@@ -357,6 +359,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         "runs/reproduce" + ("-tiny" if args.tiny else "") + ("-eval" if args.eval_only else "")
     )
     recipe = Recipe.tiny(out) if args.tiny else Recipe()
+    if args.recipe:
+        recipe = recipe.updated(args.recipe)
     if args.eval_only:
         recipe.model = args.model or ("" if args.tiny else "nano-r1")
         if not recipe.model:

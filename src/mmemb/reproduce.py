@@ -102,6 +102,29 @@ class Recipe:
     eval_limit: int = 0  # test queries per task (0: all); global corpora are kept whole
     eval_batch: int = 16
 
+    def updated(self, path: Path) -> Recipe:
+        """This recipe with the fields of the JSON object in `path` replaced (a partial recipe.json)."""
+        from dataclasses import fields, replace
+
+        try:
+            given = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise InputError(f"--recipe {path}: cannot read a JSON object ({e})") from None
+        if not isinstance(given, dict):
+            raise InputError(
+                f"--recipe {path}: expected a JSON object of recipe fields, got {type(given).__name__}"
+            )
+        kinds = {f.name: type(getattr(self, f.name)) for f in fields(self)}
+        for key, value in given.items():
+            if key not in kinds:
+                raise InputError(f"--recipe {path}: unknown field {key!r}; known: {', '.join(kinds)}")
+            want = (int, float) if kinds[key] is float else kinds[key]
+            if not isinstance(value, want) or (kinds[key] is not bool and isinstance(value, bool)):
+                raise InputError(f"--recipe {path}: {key} must be {kinds[key].__name__}, got {value!r}")
+            if kinds[key] is float:
+                given[key] = float(value)
+        return replace(self, **given)
+
     @classmethod
     def tiny(cls, out: Path) -> Recipe:
         """Tiny random Qwen2-VL and a 5% mmeb-mini build: the whole pipeline in a couple of minutes (CI)."""

@@ -1,6 +1,10 @@
 """`mmeb-mini`: a small real benchmark in MMEB-V2 formats, built deterministically from Debian data.
 
-    python -m mmemb.data.mini OUT [--seed 0] [--scale 1.0]
+    python -m mmemb.data.mini OUT [--seed 0] [--scale 1.0] [--tasks NAME,...]
+
+The default build holds the nine mmeb-mini tasks (DEFAULT_TASKS). `--tasks` builds others into their own
+folder in the same layout, e.g. `--tasks WordNet-Pick` (data/mini_pick.py: text queries that need one
+inference step), which `mmemb eval --data-root OUT` and `mmemb reproduce --recipe` read like mmeb-mini.
 
 Layout under OUT (every path inside a file is relative to OUT):
 
@@ -48,6 +52,7 @@ from .mini_image import (
     clipart_t2i,
     fashion_cls,
 )
+from .mini_pick import PICK_TASK, wordnet_pick
 from .sources import PACKAGES
 
 VERSION = "mmeb-mini/2"
@@ -77,7 +82,10 @@ BUILDERS = [
     (_spec("WordNet-DocRet", "visdoc", "RET", "global"), wordnet_docret),
     (_spec("Clipart-VideoRET", "video", "RET", "global"), clipart_video_ret),
     (_spec("Clipart-VideoCLS", "video", "CLS"), clipart_video_cls),
+    (_spec(PICK_TASK, "image", "PICK"), wordnet_pick),
 ]
+TASK_NAMES = tuple(spec["name"] for spec, _ in BUILDERS)
+DEFAULT_TASKS = TASK_NAMES[:9]  # mmeb-mini: every task but WordNet-Pick
 
 
 def file_hashes(root: Path) -> dict[str, str]:
@@ -100,14 +108,16 @@ def read_manifest(out: Path) -> dict | None:
         return None
 
 
-def is_complete(out: Path, seed: int, scale: float) -> bool:
-    """True when `out` holds a finished build of this version, seed and scale whose files all match."""
+def is_complete(out: Path, seed: int, scale: float, tasks: tuple[str, ...] = DEFAULT_TASKS) -> bool:
+    """True when `out` holds a finished build of this version, seed, scale and tasks whose files all match."""
     manifest = read_manifest(out)
     if not manifest or (manifest.get("version"), manifest.get("seed"), manifest.get("scale")) != (
         VERSION,
         seed,
         scale,
     ):
+        return False
+    if tuple(manifest.get("tasks", DEFAULT_TASKS)) != tuple(tasks):
         return False
     return file_hashes(out) == manifest.get("files")
 
@@ -171,6 +181,18 @@ WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved.
 """
 
 
+PICK_PROVENANCE = """
+## WordNet-Pick (built with `--tasks {tasks}`)
+
+- Words: one-word Open Clip Art keywords that are WordNet noun lemmas whose most frequent sense (index.noun
+  order) lies in one of 13 lexicographer files (noun.animal, noun.food, ...); that file is the word's
+  category. Split by a seeded hash of the word (30% test): train and test share no word.
+- A query lists 4 words and asks for the one in a category; the 10 candidates are those 4 and 6 more words
+  of the same split, none of which has any WordNet sense in the asked category.
+- Hints (train rows): the answer, the first lemmas of its hypernyms and its WordNet definition.
+"""
+
+
 def write_provenance(root: Path, seed: int, scale: float, tasks: list[dict]) -> None:
     rows = [
         "| task | modality | meta-task | metric | ranking | train | test |",
@@ -193,6 +215,10 @@ def write_provenance(root: Path, seed: int, scale: float, tasks: list[dict]) -> 
         description_max=DESCRIPTION_MAX,
         **package_versions(),
     )
+    if any(
+        t["name"] == PICK_TASK for t in tasks
+    ):  # only in builds that ask for it: the default stays as it was
+        text += PICK_PROVENANCE.format(tasks=",".join(t["name"] for t in tasks))
     (root / "PROVENANCE.md").write_text(text, encoding="utf-8")
 
 
@@ -211,11 +237,13 @@ def write_beir(root: Path, name: str, split: str, beir: dict) -> None:
     (folder / "qrels.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def build_into(root: Path, seed: int, scale: float) -> list[dict]:
-    """Write every task, tasks.json and PROVENANCE.md into the empty folder `root`."""
+def build_into(root: Path, seed: int, scale: float, names: tuple[str, ...] = DEFAULT_TASKS) -> list[dict]:
+    """Write the tasks `names`, tasks.json and PROVENANCE.md into the empty folder `root`."""
     ctx = Context(root=root, seed=seed, scale=scale)
     tasks = []
     for spec, build in BUILDERS:
+        if spec["name"] not in names:
+            continue
         splits = build(ctx)
         for split in SPLITS:
             if spec["format"] == "beir":
@@ -239,8 +267,19 @@ def ensure_mini(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def build_mini(out: Path, seed: int = 0, scale: float = 1.0) -> Path:
-    """Build mmeb-mini into `out` atomically and return `out`; a complete matching build is reused.
+def check_tasks(names: tuple[str, ...]) -> tuple[str, ...]:
+    """`names` in builder order, or an error naming the unknown ones and the known ones."""
+    unknown = sorted(set(names) - set(TASK_NAMES))
+    if unknown or not names:
+        raise ValueError(
+            f"unknown mmeb-mini task {', '.join(unknown) or '(none given)'}; known: {', '.join(TASK_NAMES)}"
+        )
+    return tuple(n for n in TASK_NAMES if n in names)
+
+
+def build_mini(out: Path, seed: int = 0, scale: float = 1.0, tasks: tuple[str, ...] = DEFAULT_TASKS) -> Path:
+    """Build mmeb-mini (or the tasks `tasks`) into `out` atomically and return `out`; a complete matching
+    build is reused.
 
     The build goes into a hidden sibling folder that is renamed into place when finished, so `out`
     never holds half a benchmark. An existing `out` is replaced only if it is empty or an earlier build
@@ -248,7 +287,8 @@ def build_mini(out: Path, seed: int = 0, scale: float = 1.0) -> Path:
     """
     out = Path(out)
     scale = float(scale)
-    if is_complete(out, seed, scale):
+    tasks = check_tasks(tuple(tasks))
+    if is_complete(out, seed, scale, tasks):
         return out
     if out.exists() and any(out.iterdir()) and read_manifest(out) is None:
         raise FileExistsError(f"{out} exists and is not an mmeb-mini build; choose another folder")
@@ -257,9 +297,11 @@ def build_mini(out: Path, seed: int = 0, scale: float = 1.0) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        build_into(tmp, seed, scale)
+        build_into(tmp, seed, scale, tasks)
         hashes = file_hashes(tmp)
         manifest = {"name": "mmeb-mini", "version": VERSION, "seed": seed, "scale": scale}
+        if tasks != DEFAULT_TASKS:  # the default build's manifest stays as it was
+            manifest["tasks"] = list(tasks)
         manifest |= {"content_hash": content_hash(hashes), "files": hashes}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -277,9 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="output folder (replaced atomically)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every query count")
+    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
+                        help=f"comma-separated tasks (default: mmeb-mini's nine; also: {PICK_TASK})")  # fmt: skip
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    out = build_mini(args.out, seed=args.seed, scale=args.scale)
+    try:
+        tasks = check_tasks(tuple(t.strip() for t in args.tasks.split(",") if t.strip()))
+    except ValueError as e:
+        parser.error(str(e))
+    out = build_mini(args.out, seed=args.seed, scale=args.scale, tasks=tasks)
     for task in json.loads((out / "tasks.json").read_text()):
         print(
             f"{task['name']:<18} {task['modality']:<7} train {task['splits']['train']:>5}  test {task['splits']['test']:>4}"

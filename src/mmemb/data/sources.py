@@ -13,12 +13,14 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 OPENCLIPART = Path("/usr/share/openclipart")
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 WORDNET_NOUNS = Path("/usr/share/wordnet/data.noun")
+WORDNET_INDEX = Path("/usr/share/wordnet/index.noun")
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
 PACKAGES = (
     "openclipart-png",
@@ -179,6 +181,7 @@ class Synset:
     lexfile: int
     lemmas: tuple[str, ...]  # underscores turned into spaces, in WordNet's order
     gloss: str  # the whole gloss: definition, then examples in quotes after ';'
+    hypernyms: tuple[str, ...] = ()  # offsets of its hypernyms ('@') and instance hypernyms ('@i')
 
 
 def parse_data_line(line: str) -> Synset | None:
@@ -189,7 +192,14 @@ def parse_data_line(line: str) -> Synset | None:
     fields = head.split()
     count = int(fields[3], 16)  # the word count is hexadecimal
     lemmas = tuple(fields[4 + 2 * i].replace("_", " ") for i in range(count))
-    return Synset(offset=fields[0], lexfile=int(fields[1]), lemmas=lemmas, gloss=gloss.strip())
+    at = 4 + 2 * count
+    pointers = [
+        fields[at + 1 + 4 * i : at + 5 + 4 * i] for i in range(int(fields[at]))
+    ]  # symbol offset pos st
+    hypernyms = tuple(p[1] for p in pointers if p[0] in ("@", "@i") and p[2] == "n")
+    return Synset(
+        offset=fields[0], lexfile=int(fields[1]), lemmas=lemmas, gloss=gloss.strip(), hypernyms=hypernyms
+    )
 
 
 @lru_cache(maxsize=2)
@@ -198,6 +208,34 @@ def read_wordnet_nouns(path: Path = WORDNET_NOUNS) -> tuple[Synset, ...]:
     with open(require(path, "wordnet-base"), encoding="utf-8", errors="replace") as f:
         parsed = (parse_data_line(line.rstrip("\n")) for line in f)
         return tuple(s for s in parsed if s is not None)
+
+
+class IndexEntry(NamedTuple):
+    """A noun lemma's line in index.noun."""
+
+    synsets: tuple[str, ...]  # data.noun offsets in WordNet's sense order (most frequent first)
+    tagged: int  # tagsense_cnt: how many of its senses were counted in the tagged corpus (0: order arbitrary)
+
+
+@lru_cache(maxsize=2)
+def read_wordnet_index(path: Path = WORDNET_INDEX) -> dict[str, IndexEntry]:
+    """Noun lemma (lower case, underscores as spaces) -> its index.noun entry."""
+    out = {}
+    with open(require(path, "wordnet-base"), encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith(" "):
+                continue  # the licence header
+            fields = line.split()
+            n = int(fields[2])  # synset_cnt; the line ends with sense_cnt, tagsense_cnt and n offsets
+            out[fields[0].replace("_", " ")] = IndexEntry(tuple(fields[-n:]), int(fields[-n - 1]))
+    return out
+
+
+@lru_cache(maxsize=4)
+def read_wordnet_lemmas(pos: str, root: Path = WORDNET_INDEX.parent) -> frozenset[str]:
+    """Every lemma of index.<pos> ("noun", "verb", "adj", "adv"), lower case, underscores as spaces."""
+    with open(require(root / f"index.{pos}", "wordnet-base"), encoding="utf-8", errors="replace") as f:
+        return frozenset(line.split(" ", 1)[0].replace("_", " ") for line in f if not line.startswith(" "))
 
 
 def font_path(name: str = "DejaVuSans.ttf", root: Path = DEJAVU) -> Path:
