@@ -123,3 +123,12 @@ def test_wordnet_pointers_give_hypernyms_and_the_index_gives_sense_order(tmp_pat
         "parrot": (("01816887", "10401331"), 1),
         "ice cream": (("07614500",), 1),
     }
+
+
+def test_the_cli_builds_named_tasks_only_into_a_folder_it_is_given(tmp_path, capsys):
+    from mmemb.cli import main
+
+    assert main(["data", "build-mini", "--tasks", PICK_TASK]) == 2  # never over the default build
+    assert "--out is required" in capsys.readouterr().err
+    assert main(["data", "build-mini", "--tasks", "Nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown mmeb-mini task Nope" in capsys.readouterr().err and not (tmp_path / "x").exists()

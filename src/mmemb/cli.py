@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, help="output folder (default: the folder `mmemb eval` uses)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--scale", type=float, default=1.0, help="multiplies the number of queries per task")
+    b.add_argument("--tasks", help="comma-separated tasks instead of mmeb-mini's nine, e.g. WordNet-Pick "
+                   "(needs --out; docs/reasoning.md)")  # fmt: skip
 
     p = sub.add_parser("info", help=COMMANDS["info"], description=COMMANDS["info"])
     p.add_argument("--model", default="nano")
@@ -422,14 +424,26 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .data.mini import build_mini
+    from .data.mini import DEFAULT_TASKS, build_mini, check_tasks
     from .eval.evaluate import MINI_SEED, mini_root
 
-    out = args.out or (mini_root() if args.seed == MINI_SEED and args.scale == 1.0 else None)
+    try:
+        tasks = (
+            check_tasks(tuple(t.strip() for t in args.tasks.split(",") if t.strip()))
+            if args.tasks
+            else DEFAULT_TASKS
+        )
+    except ValueError as e:
+        raise InputError(f"--tasks: {e}") from None
+    default = args.seed == MINI_SEED and args.scale == 1.0 and tasks == DEFAULT_TASKS
+    out = args.out or (mini_root() if default else None)
     if out is None:
-        raise InputError("--out is required with a non-default --seed or --scale")
-    path = build_mini(out, seed=args.seed, scale=args.scale)
-    print(f"mmemb data: mmeb-mini in {path}", file=sys.stderr)
+        raise InputError("--out is required with a non-default --seed, --scale or --tasks")
+    path = build_mini(out, seed=args.seed, scale=args.scale, tasks=tasks)
+    print(
+        f"mmemb data: {', '.join(tasks) if tasks != DEFAULT_TASKS else 'mmeb-mini'} in {path}",
+        file=sys.stderr,
+    )
     return 0
 
 

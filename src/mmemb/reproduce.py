@@ -40,6 +40,7 @@ main command, on the weights shipped in the package.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import statistics
 import subprocess
@@ -529,6 +530,17 @@ def intervals(records: dict[str, dict[str, list[dict]]]) -> dict:
     return out
 
 
+def _overall_se(r: dict) -> float:
+    """About one standard error of a run's overall score (points): binomial per task, tasks of equal size."""
+    scores = [v / 100 for v in r["tasks"].values()]
+    n = max(1, r["queries"] // max(1, len(scores)))
+    return (
+        100
+        * math.sqrt(sum(min(1.0, max(0.0, p)) * (1 - min(1.0, max(0.0, p))) / n for p in scores))
+        / len(scores)
+    )
+
+
 def _ci_line(name: str, ci: dict) -> str:
     lo, hi = ci["ci95"]
     mark = " (excludes 0)" if lo > 0 or hi < 0 else ""
@@ -562,9 +574,10 @@ def format_results(res: dict) -> str:
                      f"({'the recorded build' if same_data else 'DIFFERENT from the recorded build'})")  # fmt: skip
         now, then = res.get("dtype", "float32"), res["recorded"].get("dtype", "float32")
         if now != then:
+            ref = main.get("never") or next(iter(main.values()))
             lines.append(f"- computed in {now} here, recorded in {then}: rounding moves single queries, so the "
-                         "scores may differ within noise (one standard error of the overall is about 2 points "
-                         "at 270 queries; README, Speed)")  # fmt: skip
+                         f"scores may differ within noise (one standard error of the overall is about "
+                         f"{_overall_se(ref):.1f} points at {ref['queries']} queries)")  # fmt: skip
         for run, r in main.items():
             if run in recorded:
                 diff = r["overall"] - recorded[run]["overall"]
