@@ -40,7 +40,7 @@ class BackboneConfig:
         "keeps float32 master weights (precision.py).",
     )
     max_length: int = _f(2048, "Longest prompt in tokens (text + visual tokens); longer inputs are an error.")
-    num_frames: int = _f(8, "Video: frames sampled uniformly per clip.")
+    num_frames: int = _f(8, "Video: frames sampled evenly per clip, first to last (VLM2Vec's indices).")
     max_image_pixels: int = _f(
         40_000_000, "Refuse images with more pixels than this (decompression-bomb guard)."
     )

@@ -5,10 +5,12 @@ Every failure is an `InputError` that names the item and the file and says what 
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .types import InputError, Sample
@@ -45,16 +47,28 @@ def load_image(path: Path, *, max_pixels: int, who: str = "") -> Image.Image:
         raise InputError(f"{prefix}{path}: cannot decode image ({e}); the file may be truncated") from None
 
 
-def sample_frames(frames: Sequence[Path], n: int) -> list[Path]:
-    """Pick `n` frames uniformly (the centre of each of n equal segments); all of them if there are <= n.
+def frame_order(name: str) -> list:
+    """Natural sort key of a frame file name, as VLM2Vec's `load_frames` orders a folder: digit runs compare as
+    numbers, the rest case-insensitively, so frame_9.jpg < frame_10.jpg (docs/design/mmeb-v2-layouts.md §4).
 
-    >>> [p.name for p in sample_frames([Path(f"{i}.png") for i in range(10)], 4)]
-    ['1.png', '3.png', '6.png', '8.png']
+    >>> sorted(["frame_10.jpg", "frame_9.jpg", "Frame_100.jpg", "0002.jpeg"], key=frame_order)
+    ['0002.jpeg', 'frame_9.jpg', 'frame_10.jpg', 'Frame_100.jpg']
+    """
+    return [
+        (0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", name)
+    ]
+
+
+def sample_frames(frames: Sequence[Path], n: int) -> list[Path]:
+    """Pick `n` frames evenly from the first to the last, as VLM2Vec does (`np.linspace(0, len - 1, n,
+    dtype=int)`: the indices are truncated, not rounded); all of them if there are <= n (VLM2Vec does not pad).
+
+    >>> [p.name for p in sample_frames([Path(f"{i}.png") for i in range(10)], 8)]
+    ['0.png', '1.png', '2.png', '3.png', '5.png', '6.png', '7.png', '9.png']
     """
     if len(frames) <= n:
         return list(frames)
-    step = len(frames) / n
-    return [frames[int(step * i + step / 2)] for i in range(n)]
+    return [frames[int(i)] for i in np.linspace(0, len(frames) - 1, n, dtype=int)]
 
 
 def sample_images(sample: Sample, *, num_frames: int, max_pixels: int) -> list[Image.Image]:

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..media import frame_order
 from ..types import InputError, Sample
 from .registry import DatasetInfo
 
@@ -124,7 +125,8 @@ def _inst(text: str | None) -> str | None:
 
 def _frames(root: Path, folder: str, where: str) -> tuple[Path, ...]:
     path = root / folder
-    frames = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS) if path.is_dir() else []
+    frames = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS] if path.is_dir() else []
+    frames.sort(key=lambda p: frame_order(p.name))  # VLM2Vec's natural order: frame_9 before frame_10
     if not frames:
         raise TaskError(f"{where}: video folder {folder!r} is missing or has no frames (looked in {path})")
     return tuple(frames)
