@@ -424,15 +424,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .data.mini import DEFAULT_TASKS, build_mini, check_tasks
+    from .data.mini import DEFAULT_TASKS, build_mini, parse_tasks
     from .eval.evaluate import MINI_SEED, mini_root
 
     try:
-        tasks = (
-            check_tasks(tuple(t.strip() for t in args.tasks.split(",") if t.strip()))
-            if args.tasks
-            else DEFAULT_TASKS
-        )
+        tasks = parse_tasks(args.tasks) if args.tasks else DEFAULT_TASKS
     except ValueError as e:
         raise InputError(f"--tasks: {e}") from None
     default = args.seed == MINI_SEED and args.scale == 1.0 and tasks == DEFAULT_TASKS

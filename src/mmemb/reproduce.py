@@ -46,7 +46,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from . import precision
@@ -105,8 +105,6 @@ class Recipe:
 
     def updated(self, path: Path) -> Recipe:
         """This recipe with the fields of the JSON object in `path` replaced (a partial recipe.json)."""
-        from dataclasses import fields, replace
-
         try:
             given = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
@@ -532,13 +530,9 @@ def intervals(records: dict[str, dict[str, list[dict]]]) -> dict:
 
 def _overall_se(r: dict) -> float:
     """About one standard error of a run's overall score (points): binomial per task, tasks of equal size."""
-    scores = [v / 100 for v in r["tasks"].values()]
-    n = max(1, r["queries"] // max(1, len(scores)))
-    return (
-        100
-        * math.sqrt(sum(min(1.0, max(0.0, p)) * (1 - min(1.0, max(0.0, p))) / n for p in scores))
-        / len(scores)
-    )
+    scores = [v / 100 for v in r["tasks"].values()]  # hit@1 and nDCG@5 both lie in [0, 1]
+    n = r["queries"] / len(scores)
+    return 100 * math.sqrt(sum(p * (1 - p) / n for p in scores)) / len(scores)
 
 
 def _ci_line(name: str, ci: dict) -> str:

@@ -184,9 +184,11 @@ WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved.
 PICK_PROVENANCE = """
 ## WordNet-Pick (built with `--tasks {tasks}`)
 
-- Words: one-word Open Clip Art keywords that are WordNet noun lemmas whose most frequent sense (index.noun
-  order) lies in one of 13 lexicographer files (noun.animal, noun.food, ...); that file is the word's
-  category. Split by a seeded hash of the word (30% test): train and test share no word.
+- Words: one-word Open Clip Art keywords that are WordNet noun lemmas. A word is in one of 27 categories
+  ("an animal", "a bird", "a country", ...) when the category's synset is among the hypernyms, transitively,
+  of its most frequent sense (index.noun order). Answers are never adjectives or adverbs in WordNet, plurals,
+  category names, or words whose sense order WordNet's tagged corpus never fixed. Split by a seeded hash of
+  the word (30% test): train and test share no word.
 - A query lists 4 words and asks for the one in a category; the 10 candidates are those 4 and 6 more words
   of the same split, none of which has any WordNet sense in the asked category.
 - Hints (train rows): the answer, the first lemmas of its hypernyms and its WordNet definition.
@@ -215,9 +217,7 @@ def write_provenance(root: Path, seed: int, scale: float, tasks: list[dict]) -> 
         description_max=DESCRIPTION_MAX,
         **package_versions(),
     )
-    if any(
-        t["name"] == PICK_TASK for t in tasks
-    ):  # only in builds that ask for it: the default stays as it was
+    if any(t["name"] == PICK_TASK for t in tasks):  # only in builds that ask for it
         text += PICK_PROVENANCE.format(tasks=",".join(t["name"] for t in tasks))
     (root / "PROVENANCE.md").write_text(text, encoding="utf-8")
 
@@ -265,6 +265,11 @@ def ensure_mini(root: Path, seed: int = 0) -> Path:
         print(f"mmemb: building mmeb-mini ({VERSION}) into {root} (once, about a minute)", file=sys.stderr)
         build_mini(root, seed=seed)
     return root
+
+
+def parse_tasks(text: str) -> tuple[str, ...]:
+    """A comma-separated task list (`--tasks`), checked by `check_tasks`."""
+    return check_tasks(tuple(t.strip() for t in text.split(",") if t.strip()))
 
 
 def check_tasks(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -324,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        tasks = check_tasks(tuple(t.strip() for t in args.tasks.split(",") if t.strip()))
+        tasks = parse_tasks(args.tasks)
     except ValueError as e:
         parser.error(str(e))
     out = build_mini(args.out, seed=args.seed, scale=args.scale, tasks=tasks)

@@ -9,10 +9,11 @@ So reasoning can pay here by the nature of the task, whatever the model's eyes: 
 are text (in MMEB's image-row layout, with no pictures), which takes nano's perception out of the test.
 
 Real data only: the words are the Open Clip Art keywords that people tagged pictures with (common concrete
-nouns), kept when they are WordNet noun lemmas; a word's category is the lexicographer file (noun.animal,
-noun.food, ...) of its most frequent WordNet sense. A row is unambiguous: no other candidate has *any*
-WordNet sense in the asked category. Words go to train or test by a seeded hash, so the splits share no
-word; the 13 category questions are a label set shared by design, like the class names of a CLS task.
+nouns), kept when they are WordNet noun lemmas; a word is in a category when the category's synset is among
+the hypernyms of its most frequent WordNet sense (CATEGORIES: 27, from "an animal" down to "a bird"). A row
+is unambiguous: no other candidate has *any* WordNet sense in the asked category. Words go to train or test
+by a seeded hash, so the splits share no word; the 27 questions are a label set shared by design, like the
+class names of a CLS task.
 
 Train rows carry `qry_hint` for the hints teacher: the answer, its WordNet hypernyms and its definition
 ("title: parrot; keywords: bird; description: usually brightly colored zygodactyl tropical birds ..."),
@@ -121,8 +122,8 @@ def pick_words() -> dict[str, Word]:
 def pick_hint(word: str, definition: str, hypernyms: tuple[str, ...]) -> str:
     """The privileged hint of a train row: the answer, its hypernyms and its definition (hints teacher)."""
     parts = [f"title: {word}"]
-    if hypernyms:
-        parts.append("keywords: " + ", ".join(h for h in hypernyms[:3] if h != word))
+    if others := [h for h in hypernyms[:3] if h != word]:
+        parts.append("keywords: " + ", ".join(others))
     return "; ".join([*parts, f"description: {definition}"])
 
 
@@ -135,18 +136,24 @@ def wordnet_pick(ctx: Context) -> dict[str, list[dict]]:
     """
     words = pick_words()
     size = Counter(c for w in words.values() for c in w.first)
+
+    def asked(word: str, second: bool) -> str | None:
+        """The category a word's first row asks for (the most specific), or its second row's (the broadest
+        of the others; None when it has only one)."""
+        specific = min(words[word].first, key=lambda c: (size[c], c))
+        rest = words[word].first - {specific}
+        return min(rest, key=lambda c: (-size[c], c)) if second and rest else None if second else specific
+
     out = {}
     for split in SPLITS:
         pool = [w for w in words if (unit(ctx.seed, "split-pick", w) < TEST_SHARE) == (split == "test")]
         n = ctx.count(PICK_TASK, split)
-        golds: list[tuple[str, str]] = []  # (word, category asked)
-        for broadest in (False, True):  # a second row of a word asks for its broadest category
+        golds: list[tuple[str, str]] = []  # (word, category asked), round-robin over the categories
+        for second in (False, True):
             by_cat: dict[str, list[str]] = defaultdict(list)
-            for w in ranked(pool, str, ctx.seed, "pick-gold", split, broadest):
-                if len(words[w].first) > broadest:
-                    by_cat[min(words[w].first, key=lambda c: (-size[c] if broadest else size[c], c))].append(
-                        w
-                    )
+            for w in ranked(pool, str, ctx.seed, "pick-gold", split, second):
+                if words[w].first and (cat := asked(w, second)):
+                    by_cat[cat].append(w)
             depth = 0
             while len(golds) < n and any(depth < len(v) for v in by_cat.values()):
                 golds += [(by_cat[c][depth], c) for c in sorted(by_cat) if depth < len(by_cat[c])]

@@ -76,9 +76,7 @@ def read_selection(pairs: list[Pair], path: Path, tokens: TokensConfig) -> dict[
     out: dict[str, list[str]] = {}
     for _, row in read_rows(path):
         pid = row.get("pair_id")
-        if (
-            pid not in known
-        ):  # a selection over more pairs serves any subset (the policy's data.limit_per_task)
+        if pid not in known:  # a selection over more pairs serves any subset (data.limit_per_task)
             continue
         seen.add(pid)
         r = row.get("rationale")
