@@ -19,7 +19,8 @@ COMMANDS = {
     "embed": "Embed the items of a JSONL file (text, image, frames, pages) into a .npy matrix.",
     "eval": "Evaluate a model on mmeb-mini or MMEB-V2: scores, report, per-query records, plot.",
     "report": "Print meta-task, modality and overall tables for score files, side by side.",
-    "data": "Build datasets: `mmemb data build-mini` makes the mmeb-mini benchmark from Debian data.",
+    "data": "Datasets: `mmemb data build-mini` makes mmeb-mini from Debian data; `mmemb data check-mmeb-v2` "
+    "says which MMEB-V2 datasets are downloaded.",
     "info": "Print a model's settings (backbone, tokens, modes) and where its weights come from.",
     "train": "Train: `mmemb train stage1|policy|policy-sweep --config FILE [key=value ...]` (contrastive + "
     "reasoning SFT; the policy that decides when to reason; its λ sweep).",
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data-root", type=Path, help="MMEB-V2 data folder (mmeb-mini: built on first use if omitted)"
     )
+    p.add_argument("--hub-cache", type=Path, help="MMEB-V2: where the annotation datasets were downloaded "
+                   "(default: the Hugging Face cache; see `mmemb data check-mmeb-v2`)")  # fmt: skip
     p.add_argument("--out", type=Path, help="output folder (default runs/eval/<model>-<tasks>)")
     p.add_argument(
         "--qry-mode", default="disc", choices=MODES, help="how queries are embedded (see embed --mode)"
@@ -121,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--scale", type=float, default=1.0, help="multiplies the number of queries per task")
     b.add_argument("--tasks", help="comma-separated tasks instead of mmeb-mini's nine, e.g. WordNet-Pick "
                    "(needs --out; docs/reasoning.md)")  # fmt: skip
+
+    c = dsub.add_parser(
+        "check-mmeb-v2",
+        help="per MMEB-V2 dataset: present, missing (with the command that downloads it) or malformed",
+    )
+    c.add_argument("--data-root", type=Path, required=True, help="the TIGER-Lab/MMEB-V2 media folder")
+    c.add_argument("--hub-cache", type=Path, help="where the annotation datasets were downloaded (default: "
+                   "the Hugging Face cache, HF_HUB_CACHE or ~/.cache/huggingface/hub)")  # fmt: skip
+    c.add_argument("--tasks", default="mmeb-v2", help="mmeb-v2 or dataset names, comma-separated")
 
     p = sub.add_parser("info", help=COMMANDS["info"], description=COMMANDS["info"])
     p.add_argument("--model", default="nano")
@@ -293,6 +305,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out,
         settings,
         data_root=args.data_root,
+        hub_cache=args.hub_cache,
         analyses=analyses,
         samples=args.samples,
         temperature=args.temperature,
@@ -424,6 +437,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "check-mmeb-v2":
+        return cmd_check_mmeb_v2(args)
     from .data.mini import DEFAULT_TASKS, build_mini, parse_tasks
     from .eval.evaluate import MINI_SEED, mini_root
 
@@ -441,6 +456,27 @@ def cmd_data(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def cmd_check_mmeb_v2(args: argparse.Namespace) -> int:
+    """Print one line per dataset; exit 0 when every requested dataset is present, 1 otherwise."""
+    from .eval.evaluate import resolve
+    from .eval.mmeb_v2 import check
+
+    st = resolve(args.tasks, args.data_root, args.hub_cache)
+    statuses = check(list(st.datasets), st.where)
+    width = max(len(s.name) for s in statuses)
+    for s in statuses:
+        extra = f"  [revision {s.revision[:12]}]" if s.revision else ""
+        print(f"{s.state:<9} {s.name:<{width}}  {s.detail}{extra}")
+        if s.command:
+            print(f"{'':<9} {'':<{width}}  get it: {s.command}")
+    counts = {k: sum(s.state == k for s in statuses) for k in ("present", "missing", "malformed")}
+    print(
+        f"mmemb data check-mmeb-v2: {counts['present']} present, {counts['missing']} missing, "
+        f"{counts['malformed']} malformed of {len(statuses)} (media {st.root}, annotations {st.where.hub_cache})"
+    )
+    return 0 if counts["present"] == len(statuses) else 1
 
 
 def cmd_info(args: argparse.Namespace) -> int:

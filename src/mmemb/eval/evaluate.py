@@ -20,25 +20,22 @@ from pathlib import Path
 from ..backbones.assets import cache_dir
 from ..embedder import Embedder
 from ..types import InputError
-from . import analysis
+from . import analysis, hub, mmeb_v2
 from .plot import plot_meta_tasks
 from .registry import MMEB_V2, DatasetInfo, suite
 from .report import format_report, load_scores, summarize, write_scores
 from .runner import EvalSettings, TaskResult, check_modes, evaluate_task
-from .tasks import TaskError, load_task
+from .tasks import Task, TaskError, load_task
 
 MINI_SEED = 0
 
 MMEB_V2_HOWTO = """MMEB-V2 data is not present{where}. mmemb does not download it. To evaluate on MMEB-V2:
-  1. download the evaluation data from the hub dataset TIGER-Lab/MMEB-V2 (VLM2Vec's
-     experiments/public/data/download_data.sh fetches it; video tasks need only the extracted frames);
-  2. lay it out under one root, one folder per dataset (names as in `mmemb.eval.registry.MMEB_V2`):
-       image and video rows:  <root>/<dataset>/test.parquet (or test.jsonl) with qry_inst, qry_text,
-                              qry_img_path | qry_video_path, tgt_inst, tgt_text, tgt_img_path | tgt_video_path
-                              (media paths relative to <root>; a video is a folder of frames)
-       visual documents:      <root>/<dataset>/test/corpus.jsonl, queries.jsonl, qrels.tsv (BEIR)
-  3. run: mmemb eval --model MODEL --tasks mmeb-v2 --data-root <root>
-Datasets absent from <root> are reported as missing, never averaged as if present."""
+  1. media (images, video frames): clone the hub dataset TIGER-Lab/MMEB-V2 and unpack its archives as
+     VLM2Vec's experiments/public/data/download_data.sh does (README: "MMEB-V2");
+  2. annotations: `hf download REPO --repo-type dataset` for each hub dataset VLM2Vec reads
+     (`mmemb data check-mmeb-v2 --data-root <root>` lists them, with the command for each missing one);
+  3. run: mmemb eval --model MODEL --tasks mmeb-v2 --data-root <root> [--hub-cache <hf cache>]
+Datasets absent from <root> or the hub cache are reported as missing, never averaged as if present."""
 
 
 @dataclass
@@ -46,15 +43,16 @@ class Suite:
     name: str
     root: Path
     datasets: dict[str, DatasetInfo]
-    formats: dict[str, str]
+    formats: dict[str, str]  # dataset -> "rows" | "beir" (a tasks.json suite) | "mmeb-v2" (the real layout)
     tasks_json: list[dict] | None = None
+    where: mmeb_v2.Where | None = None
 
 
 def mini_root() -> Path:
     return cache_dir() / "data" / f"mmeb-mini-seed{MINI_SEED}"
 
 
-def resolve(tasks: str, data_root: Path | None) -> Suite:
+def resolve(tasks: str, data_root: Path | None, hub_cache: Path | None = None) -> Suite:
     """'mmeb-mini' (built on first use from Debian data), 'mmeb-v2', or dataset names (comma-separated)."""
     if tasks == "mmeb-mini":
         from ..data.mini import ensure_mini
@@ -78,16 +76,20 @@ def resolve(tasks: str, data_root: Path | None) -> Suite:
     unknown = [n for n in names if n not in MMEB_V2]
     if unknown:
         raise InputError(f"unknown task(s) {unknown}; use mmeb-mini, mmeb-v2 or MMEB-V2 dataset names")
-    if data_root is None or not data_root.is_dir() or not any((data_root / n).exists() for n in names):
+    if data_root is None or not data_root.is_dir():
         raise InputError(
             MMEB_V2_HOWTO.format(where=f" under {data_root}" if data_root else " (no --data-root)")
         )
+    where = mmeb_v2.Where(data_root, hub_cache or hub.default_cache(), cache_dir() / "mmeb-v2-pages")
     return Suite(
-        "mmeb-v2",
-        data_root,
-        {n: MMEB_V2[n] for n in names},
-        {n: "beir" if MMEB_V2[n].modality == "visdoc" else "rows" for n in names},
+        "mmeb-v2", data_root, {n: MMEB_V2[n] for n in names}, dict.fromkeys(names, "mmeb-v2"), where=where
     )
+
+
+def load(st: Suite, name: str) -> Task:
+    if st.formats[name] == "mmeb-v2":
+        return mmeb_v2.load_task(name, st.where)
+    return load_task(st.datasets[name], st.root, "test", st.formats[name])
 
 
 def run_specs(
@@ -111,6 +113,7 @@ def evaluate(
     out: Path,
     settings: EvalSettings,
     data_root: Path | None = None,
+    hub_cache: Path | None = None,
     analyses: tuple[str, ...] = (),
     samples: int = 4,
     temperature: float = 0.7,
@@ -119,7 +122,7 @@ def evaluate(
 ) -> dict:
     """Run every requested evaluation; returns {"runs": {run: {task: TaskResult}}, "errors": {...}, ...}."""
     started = time.perf_counter()
-    st = resolve(tasks, data_root)
+    st = resolve(tasks, data_root, hub_cache)
     embedder = Embedder.from_pretrained(model) if isinstance(model, (str, Path)) else model
     runs = run_specs(settings, list(analyses), samples, temperature)
     for s in runs.values():
@@ -127,14 +130,20 @@ def evaluate(
     fingerprint = embedder.fingerprint()
     cache_root = cache_root or cache_dir() / "embeddings"
     loaded, errors = {}, {}
-    for name, info in st.datasets.items():
+    for name in st.datasets:
         try:
-            loaded[name] = load_task(info, st.root, "test", st.formats[name])
+            loaded[name] = load(st, name)
             if limit:
                 _limit(loaded[name], limit)
         except TaskError as e:
             errors[name] = str(e)
             print(f"mmemb eval: {name}: skipped: {e}", file=sys.stderr)
+    if not loaded and st.name == "mmeb-v2":
+        raise InputError(
+            f"no MMEB-V2 dataset could be read under {st.root} and {st.where.hub_cache}; "
+            f"see what is missing with: mmemb data check-mmeb-v2 --data-root {st.root} "
+            f"--hub-cache {st.where.hub_cache}"
+        )
     results: dict[str, dict[str, TaskResult]] = {}
     out.mkdir(parents=True, exist_ok=True)
     for run, s in runs.items():
