@@ -84,6 +84,8 @@ EXPECTED = {
     "ActivityNetQA": (50.0, "'... no.' -> 'no': gold no, then gold yes"),
     # q0 '12' ranks 12 (grade 1), 123 (grade 2); q1 '5' ranks 5 (grade 1) first
     "ViDoRe_arxivqa": (100 * (ndcg([1, 2], [2, 1]) + 1.0) / 2, "see the comment above"),
+    # '33' ranks 33 (gold), 34 (shares '3'), then 5 (gold, orthogonal)
+    "MMLongBench-doc": (100 * ndcg([1, 0, 1], [1, 1]), "OOD, VLM2Vec's BEIR copy"),
     # q0 '7' -> 7 (gold); q1 '1' ranks 1, then 12 (gold); both languages kept (multilingual)
     "ViDoRe_esg_reports_v2_multilingual": (100 * (1.0 + ndcg([0, 1], [1])) / 2, "no language filter"),
     # q-long -> the long page (gold); q-b -> chart_b, then the long page (gold)
@@ -289,3 +291,16 @@ def test_snapshot_resolution_and_default_split_patterns(tmp_path):
         "annotations.jsonl"
     ]
     assert hub.find_snapshot("org/absent", tmp_path) is None
+
+
+def test_check_command(download, capsys):
+    from mmemb.cli import main
+
+    media, cache = download
+    argv = ["data", "check-mmeb-v2", "--data-root", str(media), "--hub-cache", str(cache)]
+    assert main([*argv, "--tasks", "ImageNet-1K,MSR-VTT"]) == 0
+    out = capsys.readouterr().out
+    assert "present   ImageNet-1K" in out and "2 present, 0 missing, 0 malformed of 2" in out
+    assert main([*argv, "--tasks", "HMDB51"]) == 1
+    out = capsys.readouterr().out
+    assert "missing   HMDB51" in out and "get it: hf download VLM2Vec/HMDB51 --repo-type dataset" in out

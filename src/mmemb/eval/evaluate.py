@@ -174,6 +174,7 @@ def evaluate(
                 "qry_mode": s.qry_mode,
                 "tgt_mode": s.tgt_mode,
                 "errors": errors,
+                **({"mmeb_v2": mmeb_v2.provenance(list(loaded), st.where)} if st.where else {}),
             },
         )
         _write_jsonl(out / f"per_query.{run}.jsonl", [q for r in results[run].values() for q in r.per_query])

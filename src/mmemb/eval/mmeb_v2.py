@@ -18,7 +18,7 @@ below reads the columns VLM2Vec's parser of the same name reads and builds the s
 gold; where VLM2Vec would crash or silently score a row 0 (a missing frame folder, a gold outside the
 candidates), the row is refused with its file, row and column named.
 
-Source (pinned): TIGER-AI-Lab/VLM2Vec@6e1e1d42d4cba85ae4db4d3f7a25cba2465d1e16 (2026-01-27; registry.py's
+Source (pinned, registry.VLM2VEC_LAYOUT_SOURCE): TIGER-AI-Lab/VLM2Vec@6e1e1d4 (2026-01-27; registry.py's
 instructions were read at 6ac33bb and are unchanged there, except the vidore ones it restores):
     hub ids            src/constant/dataset_hf_path.py
     media folders      experiments/public/eval/{image,video,visdoc}.yaml, experiments/public/data/download_data.sh
@@ -39,10 +39,9 @@ from pathlib import Path
 from ..media import frame_order
 from ..types import InputError, Sample
 from . import hub
-from .registry import MMEB_V2, DatasetInfo
+from .registry import MMEB_V2, VLM2VEC_LAYOUT_SOURCE, DatasetInfo
 from .tasks import Task, TaskError
 
-LAYOUT_SOURCE = "TIGER-AI-Lab/VLM2Vec@6e1e1d42d4cba85ae4db4d3f7a25cba2465d1e16"
 MEDIA_REPO = "TIGER-Lab/MMEB-V2"
 FRAME_EXTS = (".jpg", ".jpeg", ".png")  # VLM2Vec's load_frames keeps these only
 RET_MIN_FRAMES = 8  # VLM2Vec builds RET candidates with bytes=[None] * num_frames: fewer frames crash it
@@ -321,6 +320,16 @@ class Missing(TaskError):
     def __init__(self, message: str, command: str):
         super().__init__(message)
         self.command = command
+
+
+def provenance(names, where: Where) -> dict:
+    """What a score file records about its inputs: the layout commit, and per dataset repo@revision."""
+    out = {}
+    for name in names:
+        src = SOURCES[name]
+        snap = hub.find_snapshot(src.repo, where.hub_cache)
+        out[name] = f"{src.repo}@{snap.revision or 'unknown revision'}" if snap else "absent"
+    return {"layout": VLM2VEC_LAYOUT_SOURCE, "media_root": str(where.data_root), "annotations": out}
 
 
 # ---- the check -------------------------------------------------------------------------------------------

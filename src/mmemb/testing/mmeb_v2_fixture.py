@@ -377,6 +377,16 @@ def _visdoc(media: Path) -> list[Repo]:
         ],
         qrel_schema,
     )
+    # OOD (MMLongBench-doc, VLM2Vec's own BEIR copy, read by the vidore parser): the pages of one document
+    ood = Repo("VLM2Vec/MMLongBench-doc", beir)
+    ood.parquet("corpus/test-00000-of-00001.parquet", corpus([33, 34, 5], "mmlb"), corpus_schema)
+    ood.parquet(
+        "queries/test-00000-of-00001.parquet",
+        [{"query-id": 0, "query": "which page says 33", "language": "english"}],
+        q_schema,
+    )
+    ood.parquet("qrels/test-00000-of-00001.parquet",
+                [{"query-id": 0, "corpus-id": 33, "score": 1}, {"query-id": 0, "corpus-id": 5, "score": 1}], qrel_schema)  # fmt: skip
     # ViDoRe v2, multilingual (no language filter), folder without the ViDoRe_ prefix; pages already written there
     v2 = Repo("vidore/esg_reports_v2", beir)
     v2.parquet("corpus/test-00000-of-00001.parquet", corpus(pages, "esg"), corpus_schema)
@@ -422,7 +432,7 @@ def _visdoc(media: Path) -> list[Repo]:
     on_disk = media / "visdoc-tasks" / "VisRAG_ArxivQA" / page_file(SOURCES["VisRAG_ArxivQA"], VISRAG_LONG)
     on_disk.parent.mkdir(parents=True, exist_ok=True)
     on_disk.write_bytes(_png_bytes(VISRAG_LONG))
-    return [v1, v2, vr]
+    return [v1, ood, v2, vr]
 
 
 if __name__ == "__main__":
