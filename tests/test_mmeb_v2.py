@@ -304,3 +304,13 @@ def test_check_command(download, capsys):
     assert main([*argv, "--tasks", "HMDB51"]) == 1
     out = capsys.readouterr().out
     assert "missing   HMDB51" in out and "get it: hf download VLM2Vec/HMDB51 --repo-type dataset" in out
+
+
+def test_readme_downloads_every_annotation_repo_the_loaders_read():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme[readme.index("for repo in ") : readme.index("hf download $repo")]
+    listed = set(re.findall(r"[\w.-]+/[\w.-]+", block))
+    assert listed == {s.repo for s in mmeb_v2.SOURCES.values()}
