@@ -314,3 +314,23 @@ def test_readme_downloads_every_annotation_repo_the_loaders_read():
     block = readme[readme.index("for repo in ") : readme.index("hf download $repo")]
     listed = set(re.findall(r"[\w.-]+/[\w.-]+", block))
     assert listed == {s.repo for s in mmeb_v2.SOURCES.values()}
+
+
+def test_language_filter_and_media_missing_in_check(download, tmp_path):
+    where = _copy(download, tmp_path)
+    english = mmeb_v2.Source(
+        "ViDoRe_esg_reports_v2_multilingual", "vidore", "vidore/esg_reports_v2", None, "test",
+        ("visdoc-tasks/esg_reports_v2_multilingual",), language="english",
+    )  # fmt: skip
+    files = mmeb_v2._annotation_files(english, where)
+    task = mmeb_v2._load_beir(english, mmeb_v2.MMEB_V2[english.name], files, where)
+    assert len(task.queries) == 1  # the French query is filtered out, as for VLM2Vec's *_v2 (english) sets
+    # the first row's frame folder is gone: the check says missing, names the folder and the archive command
+    shutil.rmtree(where.data_root / "video-tasks/frames/video_qa/NExTQA/4010069381")
+    (s,) = mmeb_v2.check(["NExTQA"], where)
+    assert s.state == "missing" and "NExTQA/4010069381: no such folder" in s.detail
+    assert "video_qa.tar.gz-0*" in s.command
+    with pytest.raises(
+        mmeb_v2.Missing, match=r"NExTQA: .*4010069381: no such folder; get it with: hf download"
+    ):
+        mmeb_v2.load_task("NExTQA", where)

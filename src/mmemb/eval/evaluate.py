@@ -132,7 +132,14 @@ def evaluate(
     loaded, errors = {}, {}
     for name in st.datasets:
         try:
+            t0 = time.perf_counter()
             loaded[name] = load(st, name)
+            if st.name == "mmeb-v2":  # reading (and hashing every media file) can take a while at full size
+                print(
+                    f"mmemb eval: {name}: {len(loaded[name].queries)} queries, "
+                    f"{len(loaded[name].candidate_keys())} candidates ({time.perf_counter() - t0:.1f}s)",
+                    file=sys.stderr,
+                )
             if limit:
                 _limit(loaded[name], limit)
         except TaskError as e:

@@ -318,8 +318,12 @@ class Missing(TaskError):
     """A dataset's annotations or media are not on disk (`command` fetches them)."""
 
     def __init__(self, message: str, command: str):
-        super().__init__(message)
+        super().__init__(message + (f"; get it with: {command}" if command else ""))
         self.command = command
+
+
+class MediaMissing(TaskError):
+    """A file or frame folder a row names is not in the media root."""
 
 
 def provenance(names, where: Where) -> dict:
@@ -345,7 +349,8 @@ class Status:
 def check(names: list[str], where: Where) -> list[Status]:
     """Per dataset: present, missing (with the command that fetches it) or malformed (with what is wrong).
 
-    Reads only file headers: parquet schemas, the first JSON row, and whether the media folder exists."""
+    Reads little: parquet schemas or the first JSON row, and the media of the first row (parsed as for
+    evaluation, so a wrong folder layout shows here)."""
     out = []
     for name in names:
         src = SOURCES[name]
@@ -360,23 +365,30 @@ def check(names: list[str], where: Where) -> list[Status]:
                         f"{fs[0]}: column(s) {lacking} missing; {src.parser} reads {list(need)}, the file has "
                         f"{sorted(have)}"
                     )
-            if src.family.startswith("video") and where.media_dir(src) is None:
-                raise Missing(
-                    f"media not found: {where.expected_media(src)}", media_command(src, where.data_root)
-                )
-            if src.family == "image rows" and where.media_dir(src) is None:
-                raise Missing(
-                    f"images not found: {where.expected_media(src)}", media_command(src, where.data_root)
-                )
+            if not src.family.startswith("visdoc"):
+                _first_row_ok(src, files, where)
             snap = hub.find_snapshot(src.repo, where.hub_cache)
             out.append(
                 Status(name, "present", f"{src.repo} {src.config or ''}".strip(), revision=snap.revision)
             )
         except Missing as e:
-            out.append(Status(name, "missing", str(e), e.command))
+            out.append(Status(name, "missing", str(e).split("; get it with: ")[0], e.command))
         except InputError as e:
             out.append(Status(name, "malformed", str(e)))
     return out
+
+
+def _first_row_ok(src: Source, files: dict[str, list[Path]], where: Where) -> None:
+    media = where.media_dir(src)
+    if media is None:
+        raise Missing(f"media not found: {where.expected_media(src)}", media_command(src, where.data_root))
+    for w, row in _rows(src, files):
+        try:
+            PARSERS[src.parser](src, MMEB_V2[src.name], media, w, row)
+        except MediaMissing as e:
+            raise Missing(str(e), media_command(src, where.data_root)) from None
+        return
+    raise TaskError(f"{src.name}: the annotation files have no rows")
 
 
 # ---- loading ---------------------------------------------------------------------------------------------
@@ -386,18 +398,28 @@ Row = tuple[Sample, list[Sample], list[int]]  # query, candidates in order, indi
 def load_task(name: str, where: Where) -> Task:
     """One MMEB-V2 dataset, read from the real layout (module doc). Raises Missing or TaskError."""
     src, info = SOURCES[name], MMEB_V2[name]
-    files = _annotation_files(src, where)
-    if src.family.startswith("visdoc"):
-        return _load_beir(src, info, files, where)
-    media = where.media_dir(src)
-    if media is None:
-        raise Missing(f"media not found: {where.expected_media(src)}", media_command(src, where.data_root))
-    rows = _rows(src, files)
-    parse = PARSERS[src.parser]
-    extra = []
-    if src.parser == "video_classification":
-        extra = [Sample(id=f"{name} label {lab}", text=lab) for lab in video_labels()[src.label_set]]
-    return _assemble(info, (parse(src, info, media, w, r) for w, r in rows), extra, name)
+    try:
+        files = _annotation_files(src, where)
+        if src.family.startswith("visdoc"):
+            return _load_beir(src, info, files, where)
+        media = where.media_dir(src)
+        if media is None:
+            raise Missing(
+                f"media not found: {where.expected_media(src)}", media_command(src, where.data_root)
+            )
+        rows = _rows(src, files)
+        parse = PARSERS[src.parser]
+        extra = []
+        if src.parser == "video_classification":
+            extra = [Sample(id=f"{name} label {lab}", text=lab) for lab in video_labels()[src.label_set]]
+        return _assemble(info, (parse(src, info, media, w, r) for w, r in rows), extra, name)
+    except MediaMissing as e:
+        raise Missing(f"{name}: {e}", media_command(src, where.data_root)) from None
+    except Missing:
+        raise
+    except InputError as e:  # name the dataset once, whatever raised
+        msg = str(e)
+        raise type(e)(msg if msg.startswith(f"{name}: ") else f"{name}: {msg}") from None
 
 
 def _rows(src: Source, files: dict[str, list[Path]]) -> Iterator[tuple[str, dict]]:
@@ -417,7 +439,7 @@ def _need(src: Source, where: str, row: dict) -> None:
     lacking = [c for c in COLUMNS[src.parser] if c not in row]
     if lacking:
         raise TaskError(
-            f"{src.name}: {where}: column(s) {lacking} missing; VLM2Vec's {src.parser} parser reads "
+            f"{where}: column(s) {lacking} missing; VLM2Vec's {src.parser} parser reads "
             f"{list(COLUMNS[src.parser])}, this row has {sorted(row)}"
         )
 
@@ -456,7 +478,7 @@ def _inst(text: str | None) -> str | None:
 def _file(folder: Path, rel: str, where: str, column: str) -> Path:
     path = folder / rel
     if not path.is_file():
-        raise TaskError(f"{where}: {column} {rel!r}: no such file (looked for {path})")
+        raise MediaMissing(f"{where}: {column} {rel!r}: no such file (looked for {path})")
     return path
 
 
@@ -466,9 +488,10 @@ def _frames(folder: Path, where: str, column: str, at_least: int = 1) -> tuple[P
         (p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTS) if folder.is_dir() else [],
         key=lambda p: frame_order(p.name),
     )
+    if not folder.is_dir():
+        raise MediaMissing(f"{where}: {column}: frame folder {folder}: no such folder")
     if len(frames) < at_least:
-        got = "no such folder" if not folder.is_dir() else f"{len(frames)} frame(s), needs {at_least}"
-        raise TaskError(f"{where}: {column}: frame folder {folder}: {got}")
+        raise TaskError(f"{where}: {column}: frame folder {folder}: {len(frames)} frame(s), needs {at_least}")
     return tuple(frames)
 
 
@@ -776,7 +799,7 @@ def _page(src: Source, where: Where, folder: Path | None, w: str, row: dict) -> 
     image = row["image"]
     data = image.get("bytes") if isinstance(image, dict) else None
     if not data:
-        raise TaskError(f"{src.name}: {w}: column 'image' has no bytes and {name} is not in the data root")
+        raise TaskError(f"{w}: column 'image' has no bytes and {name} is not in the data root")
     out = where.pages_cache / src.name / name
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -801,10 +824,10 @@ def _load_beir(src: Source, info: DatasetInfo, files: dict[str, list[Path]], whe
         _need_beir(src, "qrels", w, row)
         qid, cid, score = str(row["query-id"]), str(row["corpus-id"]), row["score"]
         if not isinstance(score, (int, float)):
-            raise TaskError(f"{src.name}: {w}: column 'score' should be a number, got {score!r:.40}")
+            raise TaskError(f"{w}: column 'score' should be a number, got {score!r:.40}")
         if score > 0:  # load_qrels_mapping: positives only, the max over duplicates
             if cid not in pages:
-                raise TaskError(f"{src.name}: {w}: corpus-id {cid!r} is not in the corpus")
+                raise TaskError(f"{w}: corpus-id {cid!r} is not in the corpus")
             qrels.setdefault(qid, {})
             qrels[qid][cid] = max(qrels[qid].get(cid, 0), float(score))
     for w, row in hub.read_rows(files["queries"]):
@@ -813,14 +836,12 @@ def _load_beir(src: Source, info: DatasetInfo, files: dict[str, list[Path]], whe
             continue
         qid = str(row["query-id"])
         if qid not in qrels:
-            raise TaskError(
-                f"{src.name}: {w}: query-id {qid!r} has no positive qrel (VLM2Vec fails on it too)"
-            )
+            raise TaskError(f"{w}: query-id {qid!r} has no positive qrel (VLM2Vec fails on it too)")
         query = _sample(w, text=_str(row, "query", w), instruction=info.qry_instruction)
         task.queries.append(task.add(query))
         task.relevance.append({pages[cid]: rel for cid, rel in qrels[qid].items()})
     if not task.queries:
-        raise TaskError(f"{src.name}: {files['queries'][0]}: no queries")
+        raise TaskError(f"{files['queries'][0]}: no queries")
     task.corpus = list(dict.fromkeys(pages.values()))
     return task
 
@@ -829,6 +850,6 @@ def _need_beir(src: Source, part: str, where: str, row: dict) -> None:
     lacking = [c for c in BEIR_COLUMNS[part] if c not in row]
     if lacking:
         raise TaskError(
-            f"{src.name}: {where}: column(s) {lacking} missing from {part}; it needs {list(BEIR_COLUMNS[part])}, "
+            f"{where}: column(s) {lacking} missing from {part}; it needs {list(BEIR_COLUMNS[part])}, "
             f"this row has {sorted(row)}"
         )
