@@ -80,7 +80,7 @@ EXPECTED = {
     "Video-MME": (50.0, "the last option wins: D is gold in row 1, A in row 2"),
     "NExTQA": (50.0, "the last option (a4) wins: gold 4, then gold 0"),
     "EgoSchema": (50.0, "the last option wins: gold '0', then gold '4'"),
-    "MVBench": (50.0, "the last option wins: gold pulling (of 3), then Rachel (of 2)"),
+    "MVBench": (95.0, "the last option wins: gold pulling (of 3) misses; Rachel and the 18 one-row subsets hit"),
     "ActivityNetQA": (50.0, "'... no.' -> 'no': gold no, then gold yes"),
     # q0 '12' ranks 12 (grade 1), 123 (grade 2); q1 '5' ranks 5 (grade 1) first
     "ViDoRe_arxivqa": (100 * (ndcg([1, 2], [2, 1]) + 1.0) / 2, "see the comment above"),
@@ -143,9 +143,10 @@ def test_family_structure(where):
     mvb = mmeb_v2.load_task("MVBench", where)
     cands = [[mvb.items[k].text for k in row] for row in mvb.local]
     # rows in subset_meta's order (episodic_reasoning first), candidates as qa_template names them
-    assert cands == [["(A) Ross", "(B) Rachel"], ["(A) pushing", "(B) pulling", "(C) not sure"]]
+    assert cands[:3] == [["(A) Ross", "(B) Rachel"], ["(A) yes", "(B) no"], ["(A) yes", "(B) no"]]
+    assert cands[3] == ["(A) pushing", "(B) pulling", "(C) not sure"] and len(cands) == 20
     assert (
-        mvb.items[mvb.queries[1]].text
+        mvb.items[mvb.queries[3]].text
         == "What is the action?\nOptions:\n(A) pushing\n(B) pulling\n(C) not sure"
     )
     vmme = mmeb_v2.load_task("Video-MME", where)
