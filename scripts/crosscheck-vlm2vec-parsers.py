@@ -201,12 +201,15 @@ def compare(name: str, vlm: Path, where: mmeb_v2.Where) -> list[str]:
         if theirs_gold != ours_gold:
             errs.append(f"row {i}: gold {ours_gold} != VLM2Vec's {theirs_gold}")
         if task.local is not None:
-            theirs = [(t, paths(m)) for t, m in zip(row["cand_text"], row["cand_image"])]
+            theirs = [(t, paths(m)) for t, m in zip(row["cand_text"], row["cand_image"], strict=True)]
             ours = [(task.items[k].text, ours_media(task.items[k])) for k in task.local[i]]
+            if len(theirs) != len(ours):
+                errs.append(f"row {i}: {len(theirs)} candidates in VLM2Vec, {len(ours)} in mmemb")
+                continue
             order = sorted if mmeb_v2.SOURCES[name].parser == "moment_retrieval" else list  # os.listdir order
             if order(m for _, m in theirs) != order(m for _, m in ours):
                 errs.append(f"row {i}: candidate media differ")
-            for (tt, _), (ot, _) in zip(theirs, ours):
+            for (tt, _), (ot, _) in zip(theirs, ours, strict=True):
                 if ot and ot not in tt:
                     errs.append(f"row {i}: candidate text {ot!r} not in VLM2Vec's {tt!r}")
     if task.local is None and len(cands) != len(task.corpus):
