@@ -169,12 +169,12 @@ def test_family_structure(where):
 
 
 def test_frames_in_natural_order_and_vlm2vec_indices(where):
+    """frame1.jpg .. frame10.jpg: natural order, then np.linspace(0, 9, 8, dtype=int) = 0,1,2,3,5,6,7,9."""
     k700 = mmeb_v2.load_task("K700", where)
     frames = k700.items[k700.queries[0]].frames
-    assert [p.name for p in frames] == [f"frame{i}.jpg" for i in range(1, 11)]
-    from mmemb.media import sample_frames
-
-    assert [p.name for p in sample_frames(frames, 8)] == [f"frame{i}.jpg" for i in (1, 2, 3, 4, 6, 7, 8, 10)]
+    assert [p.name for p in frames] == [f"frame{i}.jpg" for i in (1, 2, 3, 4, 6, 7, 8, 10)]
+    ms = mmeb_v2.load_task("MomentSeeker", where)  # MomentSeeker loads every frame of a clip, unsampled
+    assert sorted(len(ms.items[k].frames) for row in ms.local for k in row) == [8] * 7 + [10]
 
 
 def test_check_lists_present_missing_and_malformed(download, tmp_path):

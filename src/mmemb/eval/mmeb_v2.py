@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from ..media import frame_order
+from ..media import frame_order, sample_frames
 from ..types import InputError, Sample
 from . import hub
 from .registry import MMEB_V2, VLM2VEC_LAYOUT_SOURCE, DatasetInfo
@@ -44,6 +44,7 @@ from .tasks import Task, TaskError
 
 MEDIA_REPO = "TIGER-Lab/MMEB-V2"
 FRAME_EXTS = (".jpg", ".jpeg", ".png")  # VLM2Vec's load_frames keeps these only
+NUM_FRAMES = 8  # the eval yamls' num_frames / num_video_frames / num_clip_frames
 RET_MIN_FRAMES = 8  # VLM2Vec builds RET candidates with bytes=[None] * num_frames: fewer frames crash it
 
 
@@ -482,8 +483,12 @@ def _file(folder: Path, rel: str, where: str, column: str) -> Path:
     return path
 
 
-def _frames(folder: Path, where: str, column: str, at_least: int = 1) -> tuple[Path, ...]:
-    """A folder's frames in VLM2Vec's natural order (the backbone samples them as VLM2Vec does)."""
+def _frames(
+    folder: Path, where: str, column: str, at_least: int = 1, sample: int | None = NUM_FRAMES
+) -> tuple[Path, ...]:
+    """A folder's frames in VLM2Vec's natural order, sampled as its process_video_frames samples them (the
+    yamls' num_frames: 8; None keeps them all, as MomentSeeker's load_frames does). Only the frames the
+    model sees are kept, so only those are hashed for the embedding cache."""
     frames = sorted(
         (p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTS) if folder.is_dir() else [],
         key=lambda p: frame_order(p.name),
@@ -492,7 +497,7 @@ def _frames(folder: Path, where: str, column: str, at_least: int = 1) -> tuple[P
         raise MediaMissing(f"{where}: {column}: frame folder {folder}: no such folder")
     if len(frames) < at_least:
         raise TaskError(f"{where}: {column}: frame folder {folder}: {len(frames)} frame(s), needs {at_least}")
-    return tuple(frames)
+    return tuple(frames if sample is None else sample_frames(frames, sample))
 
 
 def _text_list(value, where: str, column: str) -> list[str]:
@@ -648,7 +653,10 @@ def parse_momentseeker(src: Source, info: DatasetInfo, media: Path, where: str, 
     if inp.endswith(".mp4"):
         folder = _ms_clip(media, inp.split(".mp4")[0].replace("/", "_"))
         query = _sample(
-            where, text=text, instruction=_MS_INST["video"], frames=_frames(folder, where, "input_frames")
+            where,
+            text=text,
+            instruction=_MS_INST["video"],
+            frames=_frames(folder, where, "input_frames", sample=None),
         )
     elif inp.endswith(".jpg"):
         image = _file(media, f"query_{inp}", where, "input_frames")
@@ -672,7 +680,7 @@ def parse_momentseeker(src: Source, info: DatasetInfo, media: Path, where: str, 
             cands.append(
                 _sample(
                     f"{where} {column}[{j}]",
-                    frames=_frames(folder, where, f"{column}[{j}]"),
+                    frames=_frames(folder, where, f"{column}[{j}]", sample=None),
                     instruction=info.tgt_instruction,
                 )
             )

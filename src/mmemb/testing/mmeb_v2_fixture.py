@@ -276,7 +276,7 @@ def _mret(media: Path) -> list[Repo]:
     clip = ms / "video_frames"
     for name in ("clips_a_pos1", "clips_a_neg1", "clips_b_pos1", "clips_b_pos2", "clips_b_neg1", "clips_c_pos1",
                  "clips_c_pos2", "clips_c_neg1", "movie_q3"):  # fmt: skip
-        frames(clip / name, n=8, name="frame_{i:04d}.jpg")
+        frames(clip / name, n=10 if name == "clips_c_pos2" else 8, name="frame_{i:04d}.jpg")
     image(ms / "query_img1.jpg")
 
     def entries(*names):
