@@ -30,11 +30,7 @@ from pathlib import Path
 import yaml
 
 from mmemb.eval import hub, mmeb_v2
-from mmemb.media import sample_frames
 from mmemb.testing.mmeb_v2_fixture import build
-
-NUM_FRAMES = 8
-
 
 def functions(path: Path, names: set[str], namespace: dict) -> dict:
     """Exec the named top-level functions and assignments of a source file into namespace."""
@@ -164,8 +160,7 @@ def paths(media_dict) -> list[str]:
 
 
 def ours_media(sample) -> list[str]:
-    m = sample_frames(sample.frames, NUM_FRAMES) if sample.frames else list(sample.media())
-    return [str(p) for p in m]
+    return [str(p) for p in sample.media()]  # the loader keeps the frames VLM2Vec's parser keeps
 
 
 def compare(name: str, vlm: Path, where: mmeb_v2.Where) -> list[str]:
