@@ -32,6 +32,7 @@ import yaml
 from mmemb.eval import hub, mmeb_v2
 from mmemb.testing.mmeb_v2_fixture import build
 
+
 def functions(path: Path, names: set[str], namespace: dict) -> dict:
     """Exec the named top-level functions and assignments of a source file into namespace."""
     tree = ast.parse(path.read_text())
