@@ -200,7 +200,10 @@ def test_partial_download_evaluates_what_is_present_and_names_the_rest(download,
     res = evaluate(WordEmbedder(), "ImageNet-1K,N24News,HMDB51", tmp_path / "o", EvalSettings(progress=False),
                    data_root=media, hub_cache=cache, cache_root=tmp_path / "emb")  # fmt: skip
     assert set(res["runs"]["disc-disc"]) == {"ImageNet-1K"}
-    assert set(res["errors"]) == {"N24News", "HMDB51"}
+    assert set(res["errors"]) == {"N24News", "HMDB51"} and sorted(res["missing"]) == ["HMDB51", "N24News"]
+    meta = json.loads((tmp_path / "o" / "scores.disc-disc.json").read_text())["metadata"]["mmeb_v2"]
+    assert meta["annotations"] == {"ImageNet-1K": f"ziyjiang/MMEB_Test_Instruct@{fixture.REVISION}"}
+    assert meta["layout"].endswith("6e1e1d42d4cba85ae4db4d3f7a25cba2465d1e16")
     assert (
         "hf download VLM2Vec/HMDB51" in res["errors"]["HMDB51"] or "VLM2Vec/HMDB51" in res["errors"]["HMDB51"]
     )

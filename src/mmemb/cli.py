@@ -324,11 +324,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "per_query.*.jsonl, analysis.json, plot.png)",
         file=sys.stderr,
     )
-    if result["errors"]:
+    failed = sorted(set(result["errors"]) - set(result["missing"]))
+    if result["missing"]:
         print(
-            f"mmemb eval: {len(result['errors'])} task(s) failed: {sorted(result['errors'])} (see errors.json)",
+            f"mmemb eval: {len(result['missing'])} dataset(s) not downloaded, reported as missing",
             file=sys.stderr,
         )
+    if failed:
+        print(f"mmemb eval: {len(failed)} task(s) failed: {failed} (see errors.json)", file=sys.stderr)
         return 1
     return 0
 

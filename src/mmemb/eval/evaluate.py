@@ -129,7 +129,7 @@ def evaluate(
         check_modes(embedder, s)
     fingerprint = embedder.fingerprint()
     cache_root = cache_root or cache_dir() / "embeddings"
-    loaded, errors = {}, {}
+    loaded, errors, missing = {}, {}, []
     for name in st.datasets:
         try:
             t0 = time.perf_counter()
@@ -142,9 +142,20 @@ def evaluate(
                 )
             if limit:
                 _limit(loaded[name], limit)
+        except mmeb_v2.Missing as e:  # not downloaded: one short line here, the whole story in errors.json
+            errors[name] = str(e)
+            missing.append(name)
+            print(f"mmemb eval: {name}: not downloaded, skipped", file=sys.stderr)
         except TaskError as e:
             errors[name] = str(e)
             print(f"mmemb eval: {name}: skipped: {e}", file=sys.stderr)
+    if missing:
+        print(
+            f"mmemb eval: {len(missing)} of {len(st.datasets)} datasets are not downloaded (errors.json says what "
+            f"is missing; `mmemb data check-mmeb-v2 --data-root {st.root} --hub-cache {st.where.hub_cache}` "
+            f"gives the command for each)",
+            file=sys.stderr,
+        )
     if not loaded and st.name == "mmeb-v2":
         raise InputError(
             f"no MMEB-V2 dataset could be read under {st.root} and {st.where.hub_cache}; "
@@ -194,6 +205,7 @@ def evaluate(
     return {
         "runs": results,
         "errors": errors,
+        "missing": missing,
         "analysis": summary,
         "report": report,
         "out": out,
