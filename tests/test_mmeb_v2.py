@@ -338,3 +338,27 @@ def test_language_filter_and_media_missing_in_check(download, tmp_path):
         mmeb_v2.Missing, match=r"NExTQA: .*4010069381: no such folder; get it with: hf download"
     ):
         mmeb_v2.load_task("NExTQA", where)
+
+
+def test_every_dataset_has_a_source_consistent_with_the_registry():
+    """78 sources; each parser's ranking (VLM2Vec's eval_type) matches the registry's."""
+    local = {"image rows", "video CLS (multiple choice)", "video MRET (clip folders)", "video MRET (MomentSeeker)",
+             "video QA"}  # fmt: skip
+    assert len(mmeb_v2.SOURCES) == 78
+    for name, src in mmeb_v2.SOURCES.items():
+        info = mmeb_v2.MMEB_V2[name]
+        assert (info.ranking == "local") == (src.family in local), name
+        assert src.parser in mmeb_v2.COLUMNS and (
+            src.family.startswith("visdoc") or src.parser in mmeb_v2.PARSERS
+        )
+    assert mmeb_v2.SOURCES["K700"].repo == "VLM2Vec/Kinetics-700" and mmeb_v2.SOURCES["K700"].media[
+        0
+    ].endswith("video_cls/K700")
+    labels = mmeb_v2.video_labels()
+    assert {k: len(v) for k, v in labels.items()} == {
+        "Kinetics-700": 700,
+        "SmthSmthV2": 174,
+        "UCF101": 101,
+        "HMDB51": 51,
+        "Breakfast": 10,
+    }
