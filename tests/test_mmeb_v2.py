@@ -217,6 +217,13 @@ def test_nothing_present_says_how_to_check(tmp_path):
                  data_root=tmp_path / "media", hub_cache=tmp_path / "hub", cache_root=tmp_path / "e")  # fmt: skip
     with pytest.raises(InputError, match="TIGER-Lab/MMEB-V2"):
         resolve("mmeb-v2", None)
+    (tmp_path / "media" / "image-tasks").mkdir()
+    with pytest.raises(InputError, match="not one of its sub-folders"):
+        resolve("mmeb-v2", tmp_path / "media" / "image-tasks")
+    snap = tmp_path / "datasets--ziyjiang--MMEB_Test_Instruct" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    with pytest.raises(InputError, match="--hub-cache"):
+        resolve("mmeb-v2", snap)
 
 
 def _copy(download, tmp_path):

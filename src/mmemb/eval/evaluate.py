@@ -80,6 +80,16 @@ def resolve(tasks: str, data_root: Path | None, hub_cache: Path | None = None) -
         raise InputError(
             MMEB_V2_HOWTO.format(where=f" under {data_root}" if data_root else " (no --data-root)")
         )
+    if data_root.name in ("image-tasks", "video-tasks", "visdoc-tasks", "frames"):
+        raise InputError(
+            f"--data-root {data_root}: give the MMEB-V2 folder that holds image-tasks/, video-tasks/ and "
+            f"visdoc-tasks/ (the clone of TIGER-Lab/MMEB-V2), not one of its sub-folders"
+        )
+    if "snapshots" in data_root.parts or data_root.name.startswith("datasets--"):
+        raise InputError(
+            f"--data-root {data_root} looks like a Hugging Face cache snapshot: annotation downloads go to "
+            f"--hub-cache (the cache root, e.g. ~/.cache/huggingface/hub); --data-root is the MMEB-V2 media clone"
+        )
     where = mmeb_v2.Where(data_root, hub_cache or hub.default_cache(), cache_dir() / "mmeb-v2-pages")
     return Suite(
         "mmeb-v2", data_root, {n: MMEB_V2[n] for n in names}, dict.fromkeys(names, "mmeb-v2"), where=where
