@@ -42,7 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help=COMMANDS["embed"], description=COMMANDS["embed"])
     p.add_argument(
-        "--model", default="nano", help="'nano', a folder saved by mmemb, a Qwen-VL folder or hub id"
+        "--model",
+        default="nano",
+        help="'nano', a folder saved by mmemb, a Qwen-VL folder or hub id, or a PEFT "
+        "adapter folder (merged into its base at load)",
+    )
+    p.add_argument(
+        "--base", help="a PEFT adapter's base model (default: the adapter's base_model_name_or_path)"
     )
     p.add_argument(
         "--input",
@@ -72,7 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help=COMMANDS["eval"], description=COMMANDS["eval"])
     p.add_argument(
-        "--model", default="nano", help="'nano', a folder saved by mmemb, a Qwen-VL folder or hub id"
+        "--model",
+        default="nano",
+        help="'nano', a folder saved by mmemb, a Qwen-VL folder or hub id, or a PEFT "
+        "adapter folder (merged into its base at load)",
+    )
+    p.add_argument(
+        "--base", help="a PEFT adapter's base model (default: the adapter's base_model_name_or_path)"
     )
     p.add_argument(
         "--tasks", default="mmeb-mini", help="mmeb-mini | mmeb-v2 | MMEB-V2 dataset names, comma-separated"
@@ -177,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help=COMMANDS["serve"], description=COMMANDS["serve"] + " The API key, if any, "
                        "is read from the MMEMB_API_KEY environment variable (not a flag: flags show in `ps`).")  # fmt: skip
     p.add_argument("--model", default="nano", help="as `mmemb embed --model` (e.g. nano-r1, a saved folder)")
+    p.add_argument(
+        "--base", help="a PEFT adapter's base model (default: the adapter's base_model_name_or_path)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
@@ -249,7 +264,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise InputError("--batch-size must be >= 1")
     samples = read_items(args.input)  # validates every line before loading the model
     _quiet_libraries()
-    embedder = Embedder.from_pretrained(args.model, dtype=args.dtype)
+    embedder = Embedder.from_pretrained(args.model, dtype=args.dtype, **_base(args))
     try:
         result = embedder.encode(samples, mode=args.mode, batch_size=args.batch_size, progress=not args.quiet)
     except InputError as e:
@@ -300,7 +315,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .embedder import Embedder
 
     result = evaluate(
-        Embedder.from_pretrained(args.model, dtype=args.dtype) if args.dtype else args.model,
+        Embedder.from_pretrained(args.model, dtype=args.dtype, **_base(args))
+        if args.dtype or args.base
+        else args.model,
         args.tasks,
         out,
         settings,
@@ -419,7 +436,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=os.environ.get("MMEMB_API_KEY") or None,
         limits=Limits(max_items=args.max_items, max_image_pixels=args.max_image_pixels, allow_path_root=root),
     )  # fmt: skip
-    embedder = Embedder.from_pretrained(args.model, dtype=args.dtype)
+    embedder = Embedder.from_pretrained(args.model, dtype=args.dtype, **_base(args))
     print(f"mmemb serve: {args.model} on http://{args.host}:{args.port} (mode {args.mode}, lanes {args.lanes}, "
           f"API key {'on' if settings.api_key else 'off'})", file=sys.stderr, flush=True)  # fmt: skip
     serve(embedder, settings, host=args.host, port=args.port)
@@ -459,6 +476,11 @@ def cmd_data(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _base(args: argparse.Namespace) -> dict:
+    """--base for a PEFT adapter folder, as a backbone override (only when given)."""
+    return {"base": args.base} if getattr(args, "base", None) else {}
 
 
 def cmd_check_mmeb_v2(args: argparse.Namespace) -> int:

@@ -56,6 +56,11 @@ class BackboneConfig:
     # hf only
     min_pixels: int = _f(0, "hf: image processor min_pixels (0 = the processor's own default).")
     max_pixels: int = _f(0, "hf: image processor max_pixels (0 = the processor's own default).")
+    base: str = _f(
+        "",
+        "hf: when `source` is a PEFT adapter folder (adapter_config.json), the base model to load it on "
+        "(hub id or folder; default: the adapter's base_model_name_or_path). The adapter is merged at load.",
+    )
 
 
 @dataclass

@@ -102,14 +102,24 @@ class Embedder:
         elif str(name_or_path) == "nano":
             config = EmbedderConfig(backbone=BackboneConfig(kind="nano", **backbone_overrides))
         else:
-            if path.exists() and not (path / "config.json").is_file():
+            if path.exists() and not any(
+                (path / f).is_file() for f in ("config.json", "adapter_config.json")
+            ):
                 raise InputError(
-                    f"{path}: neither an mmemb model ({CONFIG_NAME}) nor a transformers model "
-                    "folder (config.json)"
+                    f"{path}: neither an mmemb model ({CONFIG_NAME}), a transformers model folder "
+                    "(config.json) nor a PEFT adapter (adapter_config.json)"
                 )
             config = EmbedderConfig(
                 backbone=BackboneConfig(kind="hf", source=str(name_or_path), **backbone_overrides)
             )
+            if not quiet:
+                print(
+                    f"mmemb: {name_or_path} is not an mmemb model: this is a fresh, untrained mmemb embedder over "
+                    "its weights (mmemb's prompt, <disc_emb> pooling, new rows for mmemb's special tokens). It "
+                    "does not give the vectors the checkpoint's authors publish (VLM2Vec, UME-R1, "
+                    "Qwen3-VL-Embedding each prompt and pool their own way); train it, or compare with care.",
+                    file=sys.stderr,
+                )
         if dtype is not None:
             config.backbone.dtype = dtype
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -60,12 +60,14 @@ class HFBackbone(Backbone):
         source = str(Path(saved) / SAVED_SUBDIR) if saved else config.source
         if not source:
             raise InputError("backbone.source is empty: give a Qwen-VL hub id or local folder")
+        adapter, source = _adapter_and_base(source, config.base)
         try:
             model_config = AutoConfig.from_pretrained(source)
         except OSError as e:
+            hint = f" It is the base of the adapter {adapter}: give another with --base." if adapter else ""
             raise InputError(
                 f"{source}: cannot load a model config ({e}). Give a local folder, or a hub id "
-                "on a machine that reaches the hub."
+                f"on a machine that reaches the hub.{hint}"
             ) from None
         family = config.family or model_config.model_type
         if family not in FAMILIES or model_config.model_type not in FAMILIES:
@@ -75,15 +77,20 @@ class HFBackbone(Backbone):
             )
         self.family = FAMILIES[family]
         self.model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype or torch.float32)
+        if adapter:
+            self.model = _merge_adapter(self.model, adapter)
         self.hf_model = self.model
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        # an adapter folder that ships its own tokenizer or image processor wins over the base's
+        own = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else source
+        self.tokenizer = AutoTokenizer.from_pretrained(own)
         self.tokenizer.padding_side = "left"
         size = {}
         if config.min_pixels:
             size["shortest_edge"] = config.min_pixels
         if config.max_pixels:
             size["longest_edge"] = config.max_pixels
-        self.image_processor = AutoImageProcessor.from_pretrained(source, **({"size": size} if size else {}))
+        own = adapter if adapter and (Path(adapter) / "preprocessor_config.json").is_file() else source
+        self.image_processor = AutoImageProcessor.from_pretrained(own, **({"size": size} if size else {}))
         self.image_pad_id = self.token_id(self.family["image_pad"])
 
     def media_prompt(self, sample: Sample) -> str:
@@ -143,6 +150,35 @@ class HFBackbone(Backbone):
         self.model.save_pretrained(target)
         self.tokenizer.save_pretrained(target)
         self.image_processor.save_pretrained(target)
+
+
+def _adapter_and_base(source: str, base: str) -> tuple[str, str]:
+    """(adapter folder or "", the model folder to load): a PEFT adapter folder loads on its base model."""
+    cfg = Path(source) / "adapter_config.json"
+    if not cfg.is_file():
+        return "", source
+    import json
+
+    try:
+        meta = json.loads(cfg.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{cfg}: cannot read the adapter config ({e})") from None
+    base = base or meta.get("base_model_name_or_path") or ""
+    if not base:
+        raise InputError(
+            f"{cfg}: a PEFT adapter without base_model_name_or_path; give the base model with --base"
+        )
+    return source, base
+
+
+def _merge_adapter(model, adapter: str):
+    """Load a PEFT adapter onto `model` and merge it into the weights (the result is a plain model)."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    except (ValueError, KeyError, RuntimeError) as e:  # wrong base: missing modules or shape mismatches
+        raise InputError(f"{adapter}: the adapter does not fit its base model ({e}); check --base") from None
 
 
 def _expand(text: str, pad: str, counts) -> str:
