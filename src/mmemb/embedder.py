@@ -165,6 +165,8 @@ class Embedder:
         config["backbone"]["dtype"] = precision.NAMES[self.dtype]  # what ran, not the setting (auto)
         if not config["generation"].get("guard"):
             config["generation"].pop("guard", None)  # off: the fingerprints of models saved before it
+        if not config["backbone"].get("base"):
+            config["backbone"].pop("base", None)  # no adapter base: likewise (a merged base is in the weights)
         h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
         tensors = dict(self.backbone.named_parameters()) | dict(self.backbone.named_buffers())  # shared once
         for name, p in sorted(tensors.items()):
