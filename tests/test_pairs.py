@@ -429,8 +429,8 @@ def test_bad_ume_records_name_the_record(media):
     write_jsonl(jsonl, [records[2], nothink])
     with pytest.raises(InputError, match=r"ume.jsonl:2 qry: the gpt turn has no <think>"):
         ume_rationales(jsonl)
-    write_jsonl(jsonl, [{k: v for k, v in records[2].items() if k != "dataset_name"}])
-    with pytest.raises(InputError, match=r'ume.jsonl:1: missing "dataset_name"'):
+    write_jsonl(jsonl, [{**records[2], "dataset_name": 7}])
+    with pytest.raises(InputError, match=r'ume.jsonl:1: "dataset_name" should be a non-empty string'):
         read_pairs(jsonl)
     with pytest.raises(InputError, match="not UME-R1 SFT data"):
         ume_rationales(write_jsonl(media / "mmeb.jsonl", mmeb_rows()))
@@ -463,4 +463,23 @@ def test_bad_mini_inputs_name_file_and_line(mini, tmp_path):
 
 
 def test_module_documents_the_ume_layout_source():
-    assert "could not read UME-R1's own data loader" in " ".join(pairs_mod.__doc__.split())
+    doc = " ".join(pairs_mod.__doc__.split())
+    assert "src/sft-train/qwenvl/data/data_qwen.py" in doc and "08891de" in doc
+
+
+def test_ume_records_as_its_own_loader_reads_them(media):
+    """data_qwen.py: role/content turns as well as from/value, no dataset_name (task = file stem), several
+    images per side (a multi-image sample, in order)."""
+    rec = {
+        "qry": {"conversations": [{"role": "user", "content": "<image><image>Compare them.\n<disc_emb>\n" + UME_INSTRUCTION},
+                                  {"role": "assistant", "content": "<think>t</think><answer>a</answer><gen_emb>"}],
+                "image": ["images/a.png", "images/b.png"]},
+        "pos": {"conversations": [{"from": "human", "value": "two pictures\n<disc_emb>\n" + UME_INSTRUCTION}],
+                "image": "images/a.png"},
+    }  # fmt: skip
+    path = write_jsonl(media / "ume_sft.jsonl", [rec])
+    (pair,) = read_pairs(path)
+    assert pair.id == "ume_sft/0" and pair.task == "ume_sft"
+    assert pair.query.text == "Compare them." and [p.name for p in pair.query.pages] == ["a.png", "b.png"]
+    assert pair.target.image.name == "a.png" and pair.target.text == "two pictures"
+    assert ume_rationales(path) == {"ume_sft/0": "<think>t</think><answer>a</answer>"}

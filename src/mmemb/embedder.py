@@ -166,7 +166,8 @@ class Embedder:
         if not config["generation"].get("guard"):
             config["generation"].pop("guard", None)  # off: the fingerprints of models saved before it
         if not config["backbone"].get("base"):
-            config["backbone"].pop("base", None)  # no adapter base: likewise (a merged base is in the weights)
+            # no adapter base: likewise (a merged base is in the weights)
+            config["backbone"].pop("base", None)
         h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
         tensors = dict(self.backbone.named_parameters()) | dict(self.backbone.named_buffers())  # shared once
         for name, p in sorted(tensors.items()):

@@ -18,23 +18,29 @@ and selection keeps those that bring the query closer to its positive. Sources `
   ``pos_text``, ``pos_image_path``, optional ``neg_text``, ``neg_image_path`` (a string or a list each).
   The ``<|image_1|>`` placeholder is removed from texts; media paths are relative to ``media_root``
   (default: the file's folder). Task = the file's stem; id ``"{stem}/{row_index}"``.
-- UME-R1's SFT data (a ``.json`` list or a ``.jsonl`` of records)::
+- UME-R1's SFT data, as its loader (``src/sft-train/qwenvl/data/data_qwen.py``, read at the upstream
+  commit 08891de via a fork that keeps its history; docs/design/published-profiles.md §UME-R1 4) reads it:
+  a ``.json`` list or a ``.jsonl`` of records::
 
-      {"dataset_name": str,
-       "qry": {"conversations": [{"from": "human", "value": V}, {"from": "gpt", "value": G}],
-               "image": str | [str], "video": str (a frame folder) | [frame paths]},
-       "pos": {... the same ...}}
+      {"qry": {"conversations": [{"from": "human", "value": V}, {"from": "gpt", "value": G}],
+               "image": str | [str], "video": [frame paths]},
+       "pos": {... the same ...},
+       "dataset_name": str (optional: UME's loader does not read it)}
 
-  V holds ``<image>`` / ``<video>`` placeholders, the input text, then ``<disc_emb>`` and UME's fixed
-  reasoning instruction; the Sample text is what precedes ``<disc_emb>`` without placeholders or
-  "Picture N:" / "Video N:" prefixes. G is ``<think>T</think>`` then the answer (possibly in
-  ``<answer>...</answer>``) and ``<gen_emb>``; `ume_rationales` returns the query side's as
-  ``<think>T</think><answer>A</answer>``. Task = ``dataset_name``; id ``"{dataset_name}/{record_index}"``.
-  We could not read UME-R1's own data loader: this layout is taken from public scripts that read its
-  data, and a record that does not fit it is refused with a message naming the record.
+  Turns are ``from``/``value`` or ``role``/``content`` (human = user, gpt = assistant), as data_qwen.py
+  accepts both. V holds ``<image>`` / ``<video>`` placeholders (each ``<image>`` takes the next image), the
+  input text, then ``<disc_emb>`` and UME's fixed reasoning instruction. The Sample text is what precedes
+  ``<disc_emb>``, without placeholders or "Picture N:" / "Video N:" prefixes. Several images make a
+  multi-image Sample (its ``pages``, fed in order). A video is a list of frame paths, as upstream requires
+  (a frame folder is also accepted here). Text-only sides in UME's data point at a 28x28 white ``blank.jpg``
+  (upstream's loader cannot read a side without media), and that image is kept as the input it is.
+  G is ``<think>T</think>`` then the answer (possibly in ``<answer>...</answer>``) and ``<gen_emb>``;
+  `ume_rationales` returns the query side's as ``<think>T</think><answer>A</answer>``. Task =
+  ``dataset_name`` when given, else the file's stem; id ``"{task}/{record_index}"``. A record that does not
+  fit is refused with a message naming the record.
 
 Negatives never include a copy of the target or a repeat of another negative (same text, instruction
-and media). A UME side holds at most one image (more is an error); record indices count records from 0.
+and media). Record indices count records from 0.
 File sources carry no hints. For the file sources `split` is ignored (a file is one split). Every problem raises `InputError` (or its
 subclass `TaskError`) naming the file and line, row or record, and what to do.
 """
@@ -139,7 +145,7 @@ def ume_rationales(path: Path) -> dict[str, str]:
         raise InputError(f"{path}: not UME-R1 SFT data (expected {LAYOUTS[1]})")
     out = {}
     for i, (where, rec) in enumerate(records):
-        name = _dataset_name(rec, where)
+        name = _dataset_name(rec, where, path.stem)
         side = rec.get("qry")
         gpt = _turn(side, "gpt") if isinstance(side, dict) else None
         if gpt is not None:
@@ -308,7 +314,7 @@ def _file_pairs(path: Path, media_root: Path | None) -> list[Pair]:
     root = Path(media_root) if media_root is not None else path.parent
     if _layout(path, records) == "mmeb-train":
         return [_mmeb_train_pair(path.stem, i, where, rec, root) for i, (where, rec) in enumerate(records)]
-    return [_ume_pair(i, where, rec, root) for i, (where, rec) in enumerate(records)]
+    return [_ume_pair(i, where, rec, root, path.stem) for i, (where, rec) in enumerate(records)]
 
 
 def _file(root: Path, rel: str, where: str) -> Path:
@@ -365,20 +371,28 @@ def _ume_text(value: str) -> str:
     return _PREFIX.sub("", _PLACEHOLDER.sub("", text)).strip()
 
 
+_ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
+
+
 def _turn(side: dict, who: str) -> str | None:
+    """The first `who` ("human" or "gpt") turn's text; turns are from/value or role/content (data_qwen.py)."""
     turns = side.get("conversations")
     if not isinstance(turns, list):
         return None
     for t in turns:
-        if isinstance(t, dict) and t.get("from") == who and isinstance(t.get("value"), str):
-            return t["value"]
+        if not isinstance(t, dict):
+            continue
+        role, text = (t.get("from"), t.get("value")) if "from" in t else (t.get("role"), t.get("content"))
+        if _ROLES.get(role) == who and isinstance(text, str):
+            return text
     return None
 
 
-def _dataset_name(rec: dict, where: str) -> str:
-    name = rec.get("dataset_name")
+def _dataset_name(rec: dict, where: str, default: str) -> str:
+    """The record's task: its dataset_name when it has one (UME's loader ignores it), else the file's stem."""
+    name = rec.get("dataset_name", default)
     if not isinstance(name, str) or not name:
-        raise InputError(f'{where}: missing "dataset_name" (a UME-R1 record names its dataset)')
+        raise InputError(f'{where}: "dataset_name" should be a non-empty string, got {name!r}')
     return name
 
 
@@ -390,8 +404,6 @@ def _ume_sample(side: object, root: Path, where: str, role: str) -> Sample:
     if human is None:
         raise InputError(f'{where}: the {role} has no "human" turn')
     images = [p for p in _as_list(side.get("image")) if p]
-    if len(images) > 1:
-        raise InputError(f"{where}: the {role} has {len(images)} images; a sample holds one image")
     video = side.get("video")
     if isinstance(video, str) and video:
         frames = _frames(root, video, where)
@@ -401,15 +413,16 @@ def _ume_sample(side: object, root: Path, where: str, role: str) -> Sample:
         return Sample(
             id=f"{where} {role}",
             text=_ume_text(human) or None,
-            image=_file(root, images[0], where) if images else None,
+            image=_file(root, images[0], where) if len(images) == 1 else None,
+            pages=tuple(_file(root, p, where) for p in images) if len(images) > 1 else (),
             frames=frames,
         )
     except InputError as e:
         raise InputError(f"{where}: no usable {role}: {e}") from None
 
 
-def _ume_pair(i: int, where: str, rec: dict, root: Path) -> Pair:
-    name = _dataset_name(rec, where)
+def _ume_pair(i: int, where: str, rec: dict, root: Path, default: str) -> Pair:
+    name = _dataset_name(rec, where, default)
     query = _ume_sample(rec.get("qry"), root, where, "query")
     target = _ume_sample(rec.get("pos"), root, where, "positive")
     return Pair(f"{name}/{i}", name, query, target)
