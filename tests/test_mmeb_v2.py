@@ -270,7 +270,7 @@ def test_errors_name_dataset_file_row_and_column(download, tmp_path):
     data = shard.read_bytes()
     shard.unlink()
     shard.write_bytes(data[: len(data) // 2])
-    with pytest.raises(hub.HubError, match=r"test-00000-of-00001.parquet: cannot read parquet"):
+    with pytest.raises(TaskError, match=r"Video-MME: .*test-00000-of-00001.parquet: cannot read parquet"):
         mmeb_v2.load_task("Video-MME", where)
     # a wrong column type
     _rewrite(where, "VLM2Vec/ActivityNetQA", "test.jsonl",
@@ -333,7 +333,7 @@ def test_language_filter_and_media_missing_in_check(download, tmp_path):
         "ViDoRe_esg_reports_v2_multilingual", "vidore", "vidore/esg_reports_v2", None, "test",
         ("visdoc-tasks/esg_reports_v2_multilingual",), language="english",
     )  # fmt: skip
-    files = mmeb_v2._annotation_files(english, where)
+    _, files = mmeb_v2._annotation_files(english, where)
     task = mmeb_v2._load_beir(english, mmeb_v2.MMEB_V2[english.name], files, where)
     assert len(task.queries) == 1  # the French query is filtered out, as for VLM2Vec's *_v2 (english) sets
     # the first row's frame folder is gone: the check says missing, names the folder and the archive command
@@ -369,3 +369,21 @@ def test_every_dataset_has_a_source_consistent_with_the_registry():
         "HMDB51": 51,
         "Breakfast": 10,
     }
+
+
+def test_a_broken_annotation_file_skips_its_dataset_only(download, tmp_path, monkeypatch):
+    monkeypatch.setenv("MMEMB_CACHE", str(tmp_path / "c"))
+    where = _copy(download, tmp_path)
+    shard = (
+        hub.find_snapshot("VLM2Vec/Video-MME", where.hub_cache).path / "videomme/test-00000-of-00001.parquet"
+    )
+    data = shard.read_bytes()
+    shard.unlink()
+    shard.write_bytes(data[:100])
+    res = evaluate(WordEmbedder(), "ImageNet-1K,Video-MME", tmp_path / "o", EvalSettings(progress=False),
+                   data_root=where.data_root, hub_cache=where.hub_cache, cache_root=tmp_path / "emb")  # fmt: skip
+    assert (
+        set(res["runs"]["disc-disc"]) == {"ImageNet-1K"}
+        and "cannot read parquet" in res["errors"]["Video-MME"]
+    )
+    assert res["missing"] == []

@@ -41,15 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("embed", help=COMMANDS["embed"], description=COMMANDS["embed"])
-    p.add_argument(
-        "--model",
-        default="nano",
-        help="'nano', a folder saved by mmemb, a Qwen-VL folder or hub id, or a PEFT "
-        "adapter folder (merged into its base at load)",
-    )
-    p.add_argument(
-        "--base", help="a PEFT adapter's base model (default: the adapter's base_model_name_or_path)"
-    )
+    _model_args(p)
     p.add_argument(
         "--input",
         required=True,
@@ -77,15 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute dtype (default: the model's saved setting, auto = bf16 where the hardware has it)")  # fmt: skip
 
     p = sub.add_parser("eval", help=COMMANDS["eval"], description=COMMANDS["eval"])
-    p.add_argument(
-        "--model",
-        default="nano",
-        help="'nano', a folder saved by mmemb, a Qwen-VL folder or hub id, or a PEFT "
-        "adapter folder (merged into its base at load)",
-    )
-    p.add_argument(
-        "--base", help="a PEFT adapter's base model (default: the adapter's base_model_name_or_path)"
-    )
+    _model_args(p)
     p.add_argument(
         "--tasks", default="mmeb-mini", help="mmeb-mini | mmeb-v2 | MMEB-V2 dataset names, comma-separated"
     )
@@ -188,10 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("serve", help=COMMANDS["serve"], description=COMMANDS["serve"] + " The API key, if any, "
                        "is read from the MMEMB_API_KEY environment variable (not a flag: flags show in `ps`).")  # fmt: skip
-    p.add_argument("--model", default="nano", help="as `mmemb embed --model` (e.g. nano-r1, a saved folder)")
-    p.add_argument(
-        "--base", help="a PEFT adapter's base model (default: the adapter's base_model_name_or_path)"
-    )
+    _model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
@@ -476,6 +457,13 @@ def cmd_data(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """--model and --base, shared by embed, eval and serve."""
+    p.add_argument("--model", default="nano", help="'nano', 'nano-r1', a folder saved by mmemb, a Qwen-VL "
+                   "folder or hub id, or a PEFT adapter folder (merged into its base at load)")  # fmt: skip
+    p.add_argument("--base", help="a PEFT adapter's base model (default: its base_model_name_or_path)")
 
 
 def _base(args: argparse.Namespace) -> dict:

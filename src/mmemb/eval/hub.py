@@ -36,7 +36,12 @@ _SPLIT_WORDS = {
 }
 
 
-class HubError(InputError):
+class TaskError(InputError):
+    """A dataset's files are missing or malformed (names the file and row). Defined here, the lowest layer
+    that reads dataset files; eval/tasks.py re-exports it."""
+
+
+class HubError(TaskError):
     """A snapshot is missing or its files are not what the dataset's loader expects."""
 
 

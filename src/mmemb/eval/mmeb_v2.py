@@ -40,7 +40,7 @@ from ..media import frame_order, sample_frames
 from ..types import InputError, Sample
 from . import hub
 from .registry import MMEB_V2, VLM2VEC_LAYOUT_SOURCE, DatasetInfo
-from .tasks import Task, TaskError
+from .tasks import Task, TaskError, clean_instruction
 
 MEDIA_REPO = "TIGER-Lab/MMEB-V2"
 FRAME_EXTS = (".jpg", ".jpeg", ".png")  # VLM2Vec's load_frames keeps these only
@@ -294,8 +294,8 @@ def media_command(src: Source, root: Path) -> str:
     return ""  # visdoc: pages come with the hub corpus
 
 
-def _annotation_files(src: Source, where: Where) -> dict[str, list[Path]]:
-    """Per part ("rows", or a config name), the files of the dataset's annotation snapshot."""
+def _annotation_files(src: Source, where: Where) -> tuple[hub.Snapshot, dict[str, list[Path]]]:
+    """The dataset's annotation snapshot, and per part ("rows", or a config name) its files."""
     snap = hub.find_snapshot(src.repo, where.hub_cache)
     if snap is None:
         raise Missing(
@@ -310,7 +310,7 @@ def _annotation_files(src: Source, where: Where) -> dict[str, list[Path]]:
     else:
         parts = {"rows": src.config}
     try:
-        return {part: hub.data_files(snap, config, src.split) for part, config in parts.items()}
+        return snap, {part: hub.data_files(snap, config, src.split) for part, config in parts.items()}
     except hub.HubIncomplete as e:
         raise Missing(str(e), hub.download_command(src.repo, where.hub_cache, e.patterns)) from None
 
@@ -320,7 +320,7 @@ class Missing(TaskError):
 
     def __init__(self, message: str, command: str):
         super().__init__(message + (f"; get it with: {command}" if command else ""))
-        self.command = command
+        self.detail, self.command = message, command
 
 
 class MediaMissing(TaskError):
@@ -356,7 +356,7 @@ def check(names: list[str], where: Where) -> list[Status]:
     for name in names:
         src = SOURCES[name]
         try:
-            files = _annotation_files(src, where)
+            snap, files = _annotation_files(src, where)
             for part, fs in files.items():
                 need = BEIR_COLUMNS.get(part, COLUMNS[src.parser])
                 have = hub.columns_of(fs)
@@ -368,12 +368,11 @@ def check(names: list[str], where: Where) -> list[Status]:
                     )
             if not src.family.startswith("visdoc"):
                 _first_row_ok(src, files, where)
-            snap = hub.find_snapshot(src.repo, where.hub_cache)
             out.append(
                 Status(name, "present", f"{src.repo} {src.config or ''}".strip(), revision=snap.revision)
             )
         except Missing as e:
-            out.append(Status(name, "missing", str(e).split("; get it with: ")[0], e.command))
+            out.append(Status(name, "missing", e.detail, e.command))
         except InputError as e:
             out.append(Status(name, "malformed", str(e)))
     return out
@@ -400,7 +399,7 @@ def load_task(name: str, where: Where) -> Task:
     """One MMEB-V2 dataset, read from the real layout (module doc). Raises Missing or TaskError."""
     src, info = SOURCES[name], MMEB_V2[name]
     try:
-        files = _annotation_files(src, where)
+        _, files = _annotation_files(src, where)
         if src.family.startswith("visdoc"):
             return _load_beir(src, info, files, where)
         media = where.media_dir(src)
@@ -420,7 +419,7 @@ def load_task(name: str, where: Where) -> Task:
         raise
     except InputError as e:  # name the dataset once, whatever raised
         msg = str(e)
-        raise type(e)(msg if msg.startswith(f"{name}: ") else f"{name}: {msg}") from None
+        raise TaskError(msg if msg.startswith(f"{name}: ") else f"{name}: {msg}") from None
 
 
 def _rows(src: Source, files: dict[str, list[Path]]) -> Iterator[tuple[str, dict]]:
@@ -472,10 +471,6 @@ def _sample(where: str, **kw) -> Sample:
         raise TaskError(f"{where}: {e}") from None
 
 
-def _inst(text: str | None) -> str | None:
-    return (text or "").replace("<|image_1|>", "").strip() or None
-
-
 def _file(folder: Path, rel: str, where: str, column: str) -> Path:
     path = folder / rel
     if not path.is_file():
@@ -524,7 +519,7 @@ def parse_image(src: Source, info: DatasetInfo, media: Path, where: str, row: di
     query = _sample(
         where,
         text=row["qry_text"] or None,
-        instruction=_inst(row["qry_inst"]),
+        instruction=clean_instruction(row["qry_inst"]),
         image=_file(media, qimg, where, "qry_img_path") if qimg and src.parser != "image_t2i" else None,
     )
     if src.parser in ("image_cls", "image_qa", "image_i2t"):  # text candidates; tgt_inst is not used
@@ -537,7 +532,7 @@ def parse_image(src: Source, info: DatasetInfo, media: Path, where: str, row: di
         _sample(
             f"{where} tgt_img_path[{j}]",
             text=texts[j] if captions else None,
-            instruction=_inst(row["tgt_inst"]),
+            instruction=clean_instruction(row["tgt_inst"]),
             image=_file(media, p, f"{where} tgt_img_path[{j}]", "tgt_img_path"),
         )
         for j, p in enumerate(paths)

@@ -30,13 +30,11 @@ from pathlib import Path
 
 from ..media import frame_order
 from ..types import InputError, Sample
+from . import hub
+from .hub import TaskError
 from .registry import DatasetInfo
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
-
-
-class TaskError(InputError):
-    """A dataset's files are missing or malformed (names the file and row)."""
 
 
 @dataclass
@@ -84,30 +82,9 @@ def content_key(sample: Sample) -> str:
 
 # ---- reading rows -----------------------------------------------------------------------------------------
 def read_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    """(where, row) for each row of a .jsonl or .parquet file; `where` is 'file:line' or 'file row N'."""
-    if path.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise TaskError(f"{path}: reading parquet needs pyarrow: pip install pyarrow") from None
-        try:
-            table = pq.read_table(path)
-        except Exception as e:  # pyarrow raises several types for a broken file
-            raise TaskError(f"{path}: cannot read parquet ({e})") from None
-        for i, row in enumerate(table.to_pylist()):
-            yield f"{path} row {i}", row
-        return
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise TaskError(f"{path}:{n}: expected a JSON object")
-            yield f"{path}:{n}", row
+    """(where, row) for each row of a .jsonl or .parquet file; `where` is 'file:line' or 'file row N'
+    (parquet is read one batch at a time: hub.read_rows)."""
+    return hub.read_rows([path])
 
 
 def find_split_file(folder: Path, split: str) -> Path:
@@ -117,7 +94,7 @@ def find_split_file(folder: Path, split: str) -> Path:
     raise TaskError(f"{folder}: no {split}.jsonl or {split}.parquet")
 
 
-def _inst(text: str | None) -> str | None:
+def clean_instruction(text: str | None) -> str | None:
     if not text:
         return None
     return text.replace("<|image_1|>", "").strip() or None
@@ -144,7 +121,7 @@ def _sample(root: Path, where: str, text, inst, image="", video="") -> Sample:
         return Sample(
             id=where,
             text=text or None,
-            instruction=_inst(inst),
+            instruction=clean_instruction(inst),
             image=_media(root, image, where) if image else None,
             frames=_frames(root, video, where) if video else (),
         )
@@ -240,7 +217,7 @@ def read_beir(info: DatasetInfo, root: Path, split: str) -> Beir:
         docs[doc_id] = Sample(
             id=doc_id,
             text=row.get("text") or None,
-            instruction=_inst(info.tgt_instruction),
+            instruction=clean_instruction(info.tgt_instruction),
             pages=(_media(root, page, where),) if page else (),
         )
     queries: dict[str, Sample] = {}
@@ -249,7 +226,7 @@ def read_beir(info: DatasetInfo, root: Path, split: str) -> Beir:
         qid = _id(row, where, queries)
         if not row.get("text"):
             raise TaskError(f"{where}: query {qid!r} has no text")
-        queries[qid] = Sample(id=qid, text=row["text"], instruction=_inst(info.qry_instruction))
+        queries[qid] = Sample(id=qid, text=row["text"], instruction=clean_instruction(info.qry_instruction))
         rows[qid] = row | {"_where": where}
     qrels: dict[str, dict[str, float]] = {}
     with open(folder / "qrels.tsv", encoding="utf-8") as f:

@@ -375,50 +375,25 @@ def _visdoc(media: Path) -> list[Repo]:
             for i in ids
         ]
 
+    def beir_repo(repo, ids, seed, queries, qrels):
+        """queries: (query, language) by query-id; qrels: (query-id, corpus-id, score)."""
+        r = Repo(repo, beir)
+        r.parquet("corpus/test-00000-of-00001.parquet", corpus(ids, seed), corpus_schema)
+        rows = [{"query-id": i, "query": q, "language": lang} for i, (q, lang) in enumerate(queries)]
+        r.parquet("queries/test-00000-of-00001.parquet", rows, q_schema)
+        rows = [{"query-id": q, "corpus-id": c, "score": g} for q, c, g in qrels]
+        return r.parquet("qrels/test-00000-of-00001.parquet", rows, qrel_schema)
+
     # q0 "... 12": ranks 12 (grade 1), 123 (grade 2), 1; q1 "... 5": 5 first (grade 1); a 0-grade row is dropped
-    v1 = Repo("vidore/arxivqa_test_subsampled_beir", beir)
-    v1.parquet("corpus/test-00000-of-00001.parquet", corpus(pages, "arxiv"), corpus_schema)
-    v1.parquet(
-        "queries/test-00000-of-00001.parquet",
-        [
-            {"query-id": 0, "query": "what is on page 12", "language": "english"},
-            {"query-id": 1, "query": "what is on page 5", "language": "english"},
-        ],
-        q_schema,
-    )
-    v1.parquet(
-        "qrels/test-00000-of-00001.parquet",
-        [
-            {"query-id": 0, "corpus-id": 123, "score": 2},
-            {"query-id": 0, "corpus-id": 12, "score": 1},
-            {"query-id": 0, "corpus-id": 7, "score": 0},
-            {"query-id": 1, "corpus-id": 5, "score": 1},
-        ],
-        qrel_schema,
-    )
+    v1 = beir_repo("vidore/arxivqa_test_subsampled_beir", pages, "arxiv",
+                   [("what is on page 12", "english"), ("what is on page 5", "english")],
+                   [(0, 123, 2), (0, 12, 1), (0, 7, 0), (1, 5, 1)])  # fmt: skip
     # OOD (MMLongBench-doc, VLM2Vec's own BEIR copy, read by the vidore parser): the pages of one document
-    ood = Repo("VLM2Vec/MMLongBench-doc", beir)
-    ood.parquet("corpus/test-00000-of-00001.parquet", corpus([33, 34, 5], "mmlb"), corpus_schema)
-    ood.parquet(
-        "queries/test-00000-of-00001.parquet",
-        [{"query-id": 0, "query": "which page says 33", "language": "english"}],
-        q_schema,
-    )
-    ood.parquet("qrels/test-00000-of-00001.parquet",
-                [{"query-id": 0, "corpus-id": 33, "score": 1}, {"query-id": 0, "corpus-id": 5, "score": 1}], qrel_schema)  # fmt: skip
+    ood = beir_repo("VLM2Vec/MMLongBench-doc", [33, 34, 5], "mmlb", [("which page says 33", "english")],
+                    [(0, 33, 1), (0, 5, 1)])  # fmt: skip
     # ViDoRe v2, multilingual (no language filter), folder without the ViDoRe_ prefix; pages already written there
-    v2 = Repo("vidore/esg_reports_v2", beir)
-    v2.parquet("corpus/test-00000-of-00001.parquet", corpus(pages, "esg"), corpus_schema)
-    v2.parquet(
-        "queries/test-00000-of-00001.parquet",
-        [
-            {"query-id": 0, "query": "show page 7", "language": "english"},
-            {"query-id": 1, "query": "la page 1", "language": "french"},
-        ],
-        q_schema,
-    )
-    v2.parquet("qrels/test-00000-of-00001.parquet",
-               [{"query-id": 0, "corpus-id": 7, "score": 1}, {"query-id": 1, "corpus-id": 12, "score": 1}], qrel_schema)  # fmt: skip
+    v2 = beir_repo("vidore/esg_reports_v2", pages, "esg", [("show page 7", "english"), ("la page 1", "french")],
+                   [(0, 7, 1), (1, 12, 1)])  # fmt: skip
     folder = media / "visdoc-tasks" / "esg_reports_v2_multilingual"
     folder.mkdir(parents=True, exist_ok=True)
     for row in corpus(pages, "esg"):
