@@ -257,8 +257,8 @@ def _json_rows(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def columns_of(files: list[Path]) -> set[str] | None:
-    """The column names of the first file (parquet schema, or the first JSON row's keys; None for an empty
-    JSON file), read cheaply."""
+    """The column names of the first file: the parquet schema (footer only), or the first row's keys of a
+    JSON Lines file or JSON list (a list is parsed whole); None for an empty JSON file."""
     path = files[0]
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
