@@ -147,6 +147,11 @@ class EmbedderConfig:
         default_factory=PolicyConfig,
         metadata={"help": "Adaptive mode: the actions the policy head picks from."},
     )
+    profile: str = _f(
+        "mmemb",
+        "How the model embeds (profiles.py): 'mmemb' (this prompt config, mmemb's tokens) or a published "
+        "family's own rules: 'ume-r1', 'vlm2vec-v2', 'qwen3-vl-embedding'.",
+    )
     pooling: str = _f(
         "token", "Where vectors are read: 'token' = last-layer state at <disc_emb> / <gen_emb>."
     )

@@ -171,7 +171,7 @@ def decode(
     queue = list(rows)
     running: Running | None = None
     gen_emb = ids["gen_emb"]
-    force_after = torch.tensor([ids["answer_close"], ids["no_think"]])
+    force_after = torch.tensor([ids[k] for k in ("answer_close", "no_think") if k in ids], dtype=torch.long)
     while True:
         free = batch_size - (len(running) if running else 0)
         if not queue and more is not None and (running is None or free >= join):

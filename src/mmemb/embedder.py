@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import precision
+from . import precision, profiles
 from .backbones import build_backbone
 from .backbones.base import Backbone, Prefix, Prompts
 from .config import BackboneConfig, EmbedderConfig
@@ -43,13 +43,31 @@ PRETRAINED = {"nano-r1": Path(__file__).parent / "pretrained" / "nano-r1"}
 
 class Embedder:
     def __init__(self, backbone: Backbone, config: EmbedderConfig) -> None:
-        if not config.prompt.template.endswith("{disc_emb}"):
-            raise InputError("prompt.template must end with {disc_emb}")
+        self.profile = profile = profiles.get(config.profile)
+        if backbone.family_name not in profile.families:
+            raise InputError(
+                f"profile {profile.name!r} ({profile.title}) is for {', '.join(profile.families)} models, "
+                f"not {backbone.family_name!r}"
+            )
         self.backbone = backbone
         self.config = config
-        backbone.add_special_tokens(config.tokens.all())
         tok = config.tokens
-        self.ids = {name: backbone.token_id(getattr(tok, name)) for name in vars(tok)}
+        if profile.tokens == "mmemb":
+            if not config.prompt.template.endswith("{disc_emb}"):
+                raise InputError("prompt.template must end with {disc_emb}")
+            backbone.add_special_tokens(tok.all())
+            self.ids = {name: backbone.token_id(getattr(tok, name)) for name in vars(tok)}
+        else:  # a published checkpoint brings its own tokens (and adds nothing)
+            missing = [t for t in profile.tokens if not backbone.has_token(t)]
+            if missing:
+                raise InputError(
+                    f"{backbone.config.source}: its tokenizer has no {' '.join(missing)}: this is not a "
+                    f"{profile.title} checkpoint; give the model it names, or another --profile"
+                )
+            self.ids = {
+                n: backbone.token_id(getattr(tok, n)) for n in vars(tok) if getattr(tok, n) in profile.tokens
+            }
+        backbone.use_profile(profile)
         self.stop_ids = torch.tensor(
             [i for i in (backbone.tokenizer.eos_token_id, backbone.tokenizer.pad_token_id) if i is not None]
         )  # generation ends (without <gen_emb>) at any of these
@@ -60,8 +78,10 @@ class Embedder:
         self.no_think = f"{tok.no_think}{tok.gen_emb}"  # the no-think completion
         config.policy.check()
         width = backbone.input_embeddings().weight.shape[1]
-        self.policy = PolicyHead(width, len(config.policy.budgets)).to(backbone.device)
-        self.reset_policy()
+        self.policy: PolicyHead | None = None  # adaptive mode's head (only profiles that define adaptive)
+        if "adaptive" in profile.modes:
+            self.policy = PolicyHead(width, len(config.policy.budgets)).to(backbone.device)
+            self.reset_policy()
         self.dtype = backbone.input_embeddings().weight.dtype  # compute dtype (from_pretrained resolves it)
         # every prompt starts with the template's text before the first per-item field (system message and
         # turn markers): its KV cache is computed once per model state and shared (see `prepare`)
@@ -70,6 +90,8 @@ class Embedder:
 
     def reset_policy(self) -> None:
         """The untrained decision: the LM's own preference between <no_think> and <think> (policy_head.py)."""
+        if self.policy is None:
+            return
         rows = self.backbone.output_rows([self.ids["no_think"], self.ids["think_open"]])  # (2, D)
         self.policy.init_from_lm(rows.detach())
 
@@ -82,11 +104,14 @@ class Embedder:
         device: str | None = None,
         train: bool = False,
         quiet: bool = False,
+        profile: str | None = None,
         **backbone_overrides,
     ) -> Embedder:
         """'nano' -> a fresh nano embedder; 'nano-r1' -> nano trained by `mmemb reproduce` (shipped); a folder
-        saved by `save_pretrained` -> that embedder; any other folder or hub id -> a fresh embedder over that
-        Qwen-VL model (hf backbone).
+        saved by `save_pretrained` -> that embedder; any other folder or hub id -> that Qwen-VL model (hf
+        backbone) embedding as its profile says: `profile` (profiles.py: ume-r1, vlm2vec-v2,
+        qwen3-vl-embedding), else the one the checkpoint names (`profiles.detect`), else a fresh, untrained
+        mmemb embedder over its weights (said on stderr).
 
         dtype: overrides the saved `backbone.dtype` (auto | float32 | bfloat16 | float16; precision.py).
         device: 'cpu', 'cuda', 'cuda:1', ... (default: cuda when available, else cpu). The resolved dtype is
@@ -99,8 +124,14 @@ class Embedder:
         saved = (path / CONFIG_NAME).is_file()
         if saved:
             config = EmbedderConfig.load(path / CONFIG_NAME)
+            if profile and profile != config.profile:
+                raise InputError(
+                    f"{path}: saved with profile {config.profile!r}; it cannot embed as {profile!r}"
+                )
         elif str(name_or_path) == "nano":
             config = EmbedderConfig(backbone=BackboneConfig(kind="nano", **backbone_overrides))
+            if profile and profile != profiles.DEFAULT:
+                raise InputError(f"nano is mmemb's own model: profile {profile!r} does not apply")
         else:
             if path.exists() and not any(
                 (path / f).is_file() for f in ("config.json", "adapter_config.json")
@@ -109,15 +140,25 @@ class Embedder:
                     f"{path}: neither an mmemb model ({CONFIG_NAME}), a transformers model folder "
                     "(config.json) nor a PEFT adapter (adapter_config.json)"
                 )
-            config = EmbedderConfig(
-                backbone=BackboneConfig(kind="hf", source=str(name_or_path), **backbone_overrides)
+            chosen = profiles.get(
+                profile
+                or profiles.detect(str(name_or_path))
+                or profiles.detect(backbone_overrides.get("base", ""))
+                or profiles.DEFAULT
             )
-            if not quiet:
+            config = profile_config(chosen, source=str(name_or_path), **backbone_overrides)
+            if chosen.published and not quiet:
+                how = "given" if profile else "detected"
+                print(f"mmemb: {name_or_path} embeds as {chosen.title} (profile {chosen.name}, {how}). "
+                      f"{chosen.reproduces}", file=sys.stderr)  # fmt: skip
+            if not profile and not chosen.published and not quiet:
                 print(
                     f"mmemb: {name_or_path} is not an mmemb model: this is a fresh, untrained mmemb embedder over "
                     "its weights (mmemb's prompt, <disc_emb> pooling, new rows for mmemb's special tokens). It "
                     "does not give the vectors the checkpoint's authors publish (VLM2Vec, UME-R1, "
-                    "Qwen3-VL-Embedding each prompt and pool their own way); train it, or compare with care.",
+                    "Qwen3-VL-Embedding each prompt and pool their own way); for those, give --profile "
+                    f"({', '.join(p for p in profiles.PROFILES if p != profiles.DEFAULT)}); else train it, or "
+                    "compare with care.",
                     file=sys.stderr,
                 )
         if dtype is not None:
@@ -129,13 +170,14 @@ class Embedder:
         embedder = cls(backbone, config)
         if saved:
             backbone.load_weights(path)
-            if (path / POLICY_WEIGHTS).is_file():
+            if embedder.policy is not None and (path / POLICY_WEIGHTS).is_file():
                 embedder.policy.load(path / POLICY_WEIGHTS)
             else:
                 embedder.reset_policy()  # from the loaded LM head
         embedder.dtype = resolved
         backbone.to(device=device, dtype=load)
-        embedder.policy.to(device)
+        if embedder.policy is not None:
+            embedder.policy.to(device)
         if not quiet:
             print(f"mmemb: {name_or_path} on {device} in {precision.NAMES[resolved]} ({why})"
                   + ("; training keeps float32 weights" if train else ""), file=sys.stderr)  # fmt: skip
@@ -148,7 +190,8 @@ class Embedder:
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
         try:
             self.backbone.save(tmp)
-            self.policy.save(tmp)
+            if self.policy is not None:
+                self.policy.save(tmp)
             self.config.save(tmp / CONFIG_NAME)
             if directory.exists():
                 shutil.rmtree(directory)
@@ -165,6 +208,8 @@ class Embedder:
         config["backbone"]["dtype"] = precision.NAMES[self.dtype]  # what ran, not the setting (auto)
         if not config["generation"].get("guard"):
             config["generation"].pop("guard", None)  # off: the fingerprints of models saved before it
+        if config["profile"] == profiles.DEFAULT:
+            config.pop("profile")  # likewise: models saved before profiles existed
         if not config["backbone"].get("base"):
             # no adapter base: likewise (a merged base is in the weights)
             config["backbone"].pop("base", None)
@@ -178,6 +223,8 @@ class Embedder:
     def policy_fingerprint(self) -> str:
         """Hash of the policy settings and the policy head's weights (adaptive mode's extra identity). The
         `trained` note (how the head was trained) is provenance, not behaviour, and is left out."""
+        if self.policy is None:
+            return ""
         settings = {k: v for k, v in self.config.policy.__dict__.items() if k != "trained"}
         h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
         for name, p in sorted(self.policy.state_dict().items()):
@@ -187,6 +234,8 @@ class Embedder:
 
     # ---- prompts ------------------------------------------------------------------------------
     def prompt(self, sample: Sample) -> str:
+        if self.profile.published:
+            return self.profile.render(sample, self.backbone.media_prompt(sample))
         p = self.config.prompt
         instruction = sample.instruction if sample.instruction is not None else p.default_instruction
         if instruction and sample.text:
@@ -201,6 +250,8 @@ class Embedder:
 
     def prefix_text(self) -> str:
         """The text every prompt starts with: the template up to its first per-item field."""
+        if self.profile.published:
+            return self.profile.prefix()
         t = self.config.prompt.template
         cut = min(i for i in (t.find("{media}"), t.find("{instruction}"), t.find("{text}"), len(t)) if i >= 0)
         return t[:cut].format(system=self.config.prompt.system)
@@ -276,6 +327,7 @@ class Embedder:
         Each row's `seconds` is its batch's wall time divided by the batch size (amortised latency)."""
         if mode not in MODES:
             raise InputError(f"unknown mode {mode!r}; choose one of {list(MODES)}")
+        self.profile.check_mode(mode)
         samples = as_samples(list(inputs))
         if completions is not None:
             if mode != "gen" or len(completions) != len(samples):
@@ -291,7 +343,9 @@ class Embedder:
 
         def run(prompts: Prompts, rows: list[int]) -> torch.Tensor:
             hidden, _ = self.backbone.prefill(prompts, use_cache=False)
-            return hidden[:, -1]  # (B, D): the state at <disc_emb>, or the completion's last token
+            if mode == "disc":
+                return self.pool(hidden, prompts.input_ids)  # (B, D)
+            return hidden[:, -1]  # (B, D): the completion's last token (<gen_emb>)
 
         vectors, seconds = self._batched(samples, completions, batch_size, progress, mode, run)
         if mode == "disc":
@@ -305,6 +359,17 @@ class Embedder:
             seconds=seconds,
             reasoned=[c.lstrip().startswith(self.config.tokens.think_open) for c in completions],
         )
+
+    def pool(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """The disc vector per row, by the profile's rule: the last real token (left padding puts it at -1),
+        or the last occurrence of the pooling token. (B, T, D), (B, T) -> (B, D)"""
+        if self.profile.pooling == "last":
+            return hidden[:, -1]
+        hit = input_ids.to(hidden.device) == self.backbone.token_id(self.profile.pooling)  # (B, T)
+        if not bool(hit.any(1).all()):
+            raise InputError(f"a prompt lost its {self.profile.pooling} (truncated?); shorten the input")
+        last = hit.shape[1] - 1 - hit.flip(1).int().argmax(1)  # (B,)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
     def _encode_generating(
         self,
@@ -354,10 +419,11 @@ class Embedder:
         """
         if mode not in ("gen", "think", "adaptive"):
             raise InputError(f"stream embeds the generating modes (gen, think, adaptive), not {mode!r}")
+        self.profile.check_mode(mode)
         g = self.config.generation
         temp = g.temperature if temperature is None else temperature
         budgets, names = self.config.policy.budgets, self.config.policy.action_names()
-        think = self.ids["think_open"]
+        think = self.ids.get("think_open")
         adaptive = mode == "adaptive"
         suffix = self.no_think if adaptive else ""
         guard_think = bool(g.guard) and mode in ("think", "adaptive")  # adaptive: only its thinking rows
@@ -492,6 +558,20 @@ class Embedder:
         done = sorted(decode(self.backbone, rows, lambda _: prompts, start, sample, self.ids, self.stop_ids, B),
                       key=lambda r: r.index)  # fmt: skip
         return torch.stack([r.vector for r in done]), [r.tokens for r in done], [r.found for r in done]
+
+
+def profile_config(profile: profiles.Profile, **backbone: object) -> EmbedderConfig:
+    """A fresh hf config that embeds as `profile`: its pixel bounds, frames and generation settings, under
+    any `backbone` overrides given."""
+    names = ("min_pixels", "max_pixels", "num_frames", "dtype")  # dtype: the authors' (bfloat16)
+    settings = {k: getattr(profile, k) for k in names if getattr(profile, k)}
+    config = EmbedderConfig(backbone=BackboneConfig(kind="hf", **(settings | backbone)), profile=profile.name)
+    if profile.max_new_tokens:
+        # transformers' generate never feeds its last token, so under its cap N the vector read at the cap
+        # is the state N - 1 tokens in: our cap counts fed tokens
+        config.generation.max_new_tokens = profile.max_new_tokens - 1
+        config.generation.temperature = profile.temperature
+    return config
 
 
 def sample_tokens(

@@ -68,6 +68,7 @@ class Backbone(nn.Module):
     embeddings and LM head are used) and `mrope` (True when positions are (3, B, T) multimodal RoPE)."""
 
     kind: str = ""
+    family_name: str = ""  # "nano", or the hf model type (what profiles.Profile.families name)
     mrope: bool = False
     saves_frozen: bool = True  # `save` writes the frozen weights too (hf); nano saves only what it trains
 
@@ -171,6 +172,17 @@ class Backbone(nn.Module):
         if not ids or ids[0] is None or (ids[0] == unk and token != self.tokenizer.unk_token):
             raise KeyError(f"token {token!r} is not in the tokenizer")
         return int(ids[0])
+
+    def has_token(self, token: str) -> bool:
+        try:
+            self.token_id(token)
+        except KeyError:
+            return False
+        return True
+
+    def use_profile(self, profile) -> None:
+        """Embed media as `profile` (profiles.Profile) says. Only the hf backbone has published profiles."""
+        self.profile = profile
 
     def add_special_tokens(self, tokens: list[str]) -> list[str]:
         """Add the tokens the tokenizer lacks, initialising each new row (input and output embeddings)

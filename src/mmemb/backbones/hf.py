@@ -6,10 +6,13 @@ lives in FAMILIES; the code below never branches on the family.
 Media go through the family's own image processor (patches + grid). The prompt's image placeholder is
 expanded here to (t*h*w / merge^2) pad tokens, which is all the family's `processor` adds for images; we do
 not use the processor class itself because in transformers 5 it requires a video processor, which requires
-torchvision, which cannot be installed beside the pinned torch. Video is therefore fed as its sampled
-frames, one image each (multi-image input), for every family.
+torchvision, which cannot be installed beside the pinned torch. Under mmemb's own profile a video is fed as
+its sampled frames, one image each (multi-image input). A published profile (profiles.py) that takes video as
+video gets `<|video_pad|>` and `pixel_values_videos`, built from the image processor's per-frame patches
+(`_video_patches`: Qwen2-VL's temporal patches are consecutive frame pairs).
 
-Positions: multimodal RoPE, (3, B, T) from the model's own `get_rope_index` at prefill (left padding aware);
+Positions: multimodal RoPE, (3, B, T) from the model's own `get_rope_index` at prefill (left padding aware),
+or plain 1-D positions on all three axes for a profile whose prompts lack the vision markers (VLM2Vec);
 decoding continues from each row's largest position + 1 (base.Backbone.step). Explicit positions are always
 passed, so the model's hidden `rope_deltas` state is never used.
 """
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .. import profiles
 from ..config import BackboneConfig
 from ..media import sample_images
 from ..types import InputError, Sample
@@ -29,17 +33,21 @@ from .base import Backbone, Prompts
 # differs (another placeholder, extra get_rope_index arguments) gets its own row here, not an if-branch.
 FAMILIES: dict[str, dict] = {
     "qwen2_vl": {
+        "video": True,  # video as video (`_video_patches`); the other rows' timestamps / fps are not built yet
         "image_pad": "<|image_pad|>",
+        "video_pad": "<|video_pad|>",
         "vision_start": "<|vision_start|>",
         "vision_end": "<|vision_end|>",
     },
     "qwen2_5_vl": {
         "image_pad": "<|image_pad|>",
+        "video_pad": "<|video_pad|>",
         "vision_start": "<|vision_start|>",
         "vision_end": "<|vision_end|>",
     },
     "qwen3_vl": {
         "image_pad": "<|image_pad|>",
+        "video_pad": "<|video_pad|>",
         "vision_start": "<|vision_start|>",
         "vision_end": "<|vision_end|>",
     },
@@ -92,40 +100,113 @@ class HFBackbone(Backbone):
         own = adapter if adapter and (Path(adapter) / "preprocessor_config.json").is_file() else source
         self.image_processor = AutoImageProcessor.from_pretrained(own, **({"size": size} if size else {}))
         self.image_pad_id = self.token_id(self.family["image_pad"])
+        self.video_pad_id = self.token_id(self.family["video_pad"])
+        self.family_name = family
+        self.use_profile(profiles.get(profiles.DEFAULT))  # until an Embedder chooses
+
+    def use_profile(self, profile) -> None:
+        """The placeholders `profile` puts per image and per video (mmemb's own: marked image blocks, video as
+        frames)."""
+        super().use_profile(profile)
+        f = self.family
+        self.image_block = (
+            profile.image.format(**f)
+            if profile.image
+            else f["vision_start"] + f["image_pad"] + f["vision_end"]
+        )
+        self.video_block = profile.video.format(**f) if profile.video else ""
+
+    def _as_video(self, sample: Sample) -> bool:
+        if not (sample.frames and self.video_block):
+            return False
+        if not self.family.get("video"):
+            raise InputError(
+                f"item {sample.id!r}: profile {self.profile.name!r} takes video as video, which mmemb builds only "
+                "for Qwen2-VL checkpoints so far (this family adds frame timestamps); embed frames as images "
+                "with the mmemb profile, or leave video out"
+            )
+        return True
 
     def media_prompt(self, sample: Sample) -> str:
-        f = self.family
-        return (f["vision_start"] + f["image_pad"] + f["vision_end"]) * self.num_images(sample)
+        if self._as_video(sample):
+            return self.video_block
+        n = self.num_images(sample)
+        if self.profile.blank_image and sample.modality == "text":
+            n = 1
+        if self.profile.max_images:
+            n = min(n, self.profile.max_images)
+        return self.image_block * n
 
     def prepare(self, samples: list[Sample], texts: list[str]) -> Prompts:
-        pad = self.family["image_pad"]
-        self.check_reserved(samples, [pad, self.family["vision_start"], self.family["vision_end"]])
-        images = []
+        f = self.family
+        self.check_reserved(samples, [f["image_pad"], f["video_pad"], f["vision_start"], f["vision_end"]])
+        images, videos = [], []
         for s in samples:
-            images += sample_images(
-                s, num_frames=self.config.num_frames, max_pixels=self.config.max_image_pixels
-            )
+            got = sample_images(s, num_frames=self.config.num_frames, max_pixels=self.config.max_image_pixels)
+            got = self.profile.media_images(s, got)
+            if self._as_video(s):
+                videos.append(got)
+            else:
+                images += got
+        kwargs = {"do_resize": False} if self.profile.no_processor_resize else {}
         extra: dict = {}
+        merge = self.image_processor.merge_size**2
         if images:
-            processed = self.image_processor(images=images, return_tensors="pt")
+            processed = self.image_processor(images=images, return_tensors="pt", **kwargs)
             grid = processed["image_grid_thw"]  # (N, 3): patches in time, height, width
-            merge = self.image_processor.merge_size**2
             counts = iter((grid.prod(-1) // merge).tolist())  # visual tokens per image
-            texts = [_expand(t, pad, counts) for t in texts]
-            extra = {
-                "pixel_values": processed["pixel_values"].to(self.model.model.visual.dtype),
-                "image_grid_thw": grid,
-            }
+            texts = [_expand(t, f["image_pad"], counts) for t in texts]
+            extra["pixel_values"] = processed["pixel_values"].to(self.model.model.visual.dtype)
+            extra["image_grid_thw"] = grid
+        if videos:
+            parts = [
+                self._video_patches(frames, s, kwargs)
+                for frames, s in zip(videos, [s for s in samples if self._as_video(s)], strict=True)
+            ]
+            grid = torch.stack([g for _, g in parts])  # (V, 3)
+            counts = iter((grid.prod(-1) // merge).tolist())
+            texts = [_expand(t, f["video_pad"], counts) for t in texts]
+            extra["pixel_values_videos"] = torch.cat([p for p, _ in parts]).to(self.model.model.visual.dtype)
+            extra["video_grid_thw"] = grid
         enc = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
         ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, T)
         self.check_lengths(samples, mask.sum(1).tolist())
-        mm_types = (ids == self.image_pad_id).long()  # (B, T): 1 on image tokens, 0 on text
-        positions, _ = self.model.model.get_rope_index(
-            ids, mm_token_type_ids=mm_types, image_grid_thw=extra.get("image_grid_thw"), attention_mask=mask
-        )  # (3, B, T)
-        if images:
+        mm_types = (ids == self.image_pad_id).long()  # (B, T): 1 on image tokens, 2 on video, 0 on text
+        mm_types += 2 * (ids == self.video_pad_id).long()
+        if (
+            self.profile.positions == "text"
+        ):  # prompts without vision markers: the model's own positions are 1-D
+            positions = self.text_positions(mask)  # (3, B, T)
+        else:
+            positions, _ = self.model.model.get_rope_index(
+                ids,
+                mm_token_type_ids=mm_types,
+                image_grid_thw=extra.get("image_grid_thw"),
+                video_grid_thw=extra.get("video_grid_thw"),
+                attention_mask=mask,
+            )  # (3, B, T)
+        if images or videos:
             extra["mm_token_type_ids"] = mm_types
         return Prompts(ids, mask, positions, extra)
+
+    def _video_patches(self, frames: list, sample: Sample, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """One video's `pixel_values_videos` rows and its grid (3,), as Qwen2-VL's processor builds them: the
+        frames resized and normalised like images, padded to an even count with the last frame, and each
+        pair of consecutive frames one temporal patch. The image processor gives each frame as a patch whose
+        two temporal slices are that frame, so slice 0 of frames 2k and 2k+1 are the video's patch k."""
+        tp = self.image_processor.temporal_patch_size
+        frames = list(frames) + [frames[-1]] * (-len(frames) % tp)
+        out = self.image_processor(images=frames, return_tensors="pt", **kwargs)
+        grid = out["image_grid_thw"]  # (F, 3), each (1, h, w)
+        if not bool((grid == grid[0]).all()):
+            raise InputError(
+                f"item {sample.id!r}: its frames differ in size; a video's frames must share one size"
+            )
+        F, n = len(frames), int(grid[0].prod())
+        pv = out["pixel_values"].view(F, n, 3, tp, -1)[:, :, :, 0]  # (F, n, C, ph*pw): one slice per frame
+        pv = pv.view(F // tp, tp, n, 3, -1).permute(0, 2, 3, 1, 4)  # (F/tp, n, C, tp, ph*pw)
+        rows = pv.reshape(F // tp * n, -1)  # (F/tp * n, C*tp*ph*pw), the layout of the image rows
+        return rows, torch.tensor([F // tp, int(grid[0, 1]), int(grid[0, 2])])
 
     def forward_hidden(self, input_ids, attention_mask, position_ids, cache=None, extra=None, use_cache=True):
         device = self.device

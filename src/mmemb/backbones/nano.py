@@ -33,6 +33,7 @@ VISION_CHUNK = 4  # images per vision-encoder call (see encode_images)
 
 class NanoBackbone(Backbone):
     kind = "nano"
+    family_name = "nano"
     mrope = False
     saves_frozen = False
 

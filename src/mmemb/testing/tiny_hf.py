@@ -401,16 +401,30 @@ def build_model(family: str, config: Any, seed: int = 0) -> Any:
     return model
 
 
+# UME-R1's two tokens, added as its SFT script adds them: plain (non-special) tokens, <gen_emb> first
+# (XMUDeepLIT/UME-R1 src/sft-train/qwenvl/train/train_qwen.py L191, L200; ids 151657, 151658 in the real one).
+UME_TOKENS = ("<gen_emb>", "<disc_emb>")
+
+
 def build_tiny_hf(
-    family: str, out_dir: Path, seed: int = 0, width: int = TEXT_HIDDEN, layers: int = TEXT_LAYERS
+    family: str,
+    out_dir: Path,
+    seed: int = 0,
+    width: int = TEXT_HIDDEN,
+    layers: int = TEXT_LAYERS,
+    ume: bool = False,
 ) -> Path:
     """Write a tiny random checkpoint of ``family`` (one of :data:`FAMILIES`) into ``out_dir``; return it.
-    `width` and `layers`: a bigger language model (see `build_config`)."""
+    `width` and `layers`: a bigger language model (see `build_config`). `ume`: shaped as a UME-R1 checkpoint
+    (its two tokens in the tokenizer, rows for them within the model's vocab)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(family)
+    if ume:
+        for token in UME_TOKENS:
+            tokenizer.add_tokens([token])
     config = build_config(family, tokenizer, width, layers)
     model = build_model(family, config, seed=seed)
     tokenizer.chat_template = CHAT_TEMPLATES[family]
@@ -425,6 +439,7 @@ __all__ = [
     "CHAT_TEMPLATES",
     "FAMILIES",
     "IMAGE_PLACEHOLDER",
+    "UME_TOKENS",
     "VIDEO_PLACEHOLDER",
     "build_config",
     "build_image_processor",
