@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pytest
 
+from mmemb import profiles
 from mmemb.config import EmbedderConfig
 from mmemb.eval import analysis
 from mmemb.eval.evaluate import evaluate, resolve
@@ -28,6 +29,7 @@ WORDS = ["cat", "dog", "car", "tree", "boat", "fish"]
 class MockEmbedder:
     def __init__(self):
         self.config = EmbedderConfig()
+        self.profile = profiles.get(self.config.profile)  # mmemb's own: every mode
         self.calls: list[str] = []  # every item embedded, by its word
 
     def fingerprint(self) -> str:

@@ -17,6 +17,7 @@ import shutil
 import numpy as np
 import pytest
 
+from mmemb import profiles
 from mmemb.config import EmbedderConfig
 from mmemb.eval import hub, mmeb_v2
 from mmemb.eval.evaluate import evaluate, resolve
@@ -45,6 +46,7 @@ def vector(w: str) -> np.ndarray:
 class WordEmbedder:
     def __init__(self):
         self.config = EmbedderConfig()
+        self.profile = profiles.get(self.config.profile)  # mmemb's own: every mode
 
     def fingerprint(self) -> str:
         return "word-prefix"

@@ -425,3 +425,56 @@ def test_detection_and_refusals(folders, embedders, media, tmp_path, capsys):
         embedders["vlm2vec-v2"].encode([Sample(id="t", text="x")], mode="gen")
     with pytest.raises(InputError, match="frame timestamps"):
         embedders["qwen3-vl-embedding"].encode([kinds(media)["video"]])
+
+
+# ---- the paths a user takes: embed, eval, serve with --profile ---------------------------------------------
+def test_cli_embed_eval_serve_with_a_profile(folders, embedders, tmp_path, capsys):
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    from mmemb.cli import main
+    from mmemb.data.mini import build_mini
+    from mmemb.serve.app import ServeSettings, create_app
+
+    from .conftest import needs_debian_data
+
+    src = tmp_path / "items.jsonl"
+    src.write_text(
+        '{"id": "a", "text": "a red car", "instruction": "Find it"}\n{"id": "b", "text": "a dog"}\n'
+    )
+    out = tmp_path / "v.npy"
+    args = ["embed", "--model", str(folders["vlm2vec-v2"]), "--profile", "vlm2vec-v2", "--dtype", "float32"]
+    assert main(args + ["--input", str(src), "--output", str(out), "--quiet"]) == 0
+    want = embedders["vlm2vec-v2"].encode([Sample(id="a", text="a red car", instruction="Find it")]).vectors
+    np.testing.assert_allclose(np.load(out)[:1], want, atol=1e-5)
+    assert "embeds as VLM2Vec-V2.0" in capsys.readouterr().err
+    assert main(args + ["--input", str(src), "--output", str(out), "--mode", "gen", "--quiet"]) == 2
+    assert "mode 'gen' is not defined for profile 'vlm2vec-v2'" in capsys.readouterr().err
+
+    client = TestClient(create_app(embedders["qwen3-vl-embedding"], ServeSettings(model_name="q3")))
+    r = client.post("/v1/embeddings", json={"input": ["a red car"]})
+    assert r.status_code == 200, r.text
+    want = embedders["qwen3-vl-embedding"].encode(["a red car"]).vectors[0]
+    np.testing.assert_allclose(r.json()["data"][0]["embedding"], want, atol=1e-5)
+    assert client.post("/v1/embeddings", json={"input": ["x"], "mode": "adaptive"}).status_code == 400
+    serve = ["serve", "--model", str(folders["vlm2vec-v2"]), "--profile", "vlm2vec-v2", "--mode", "adaptive"]
+    assert main(serve) == 2  # refused before it listens
+    assert "mode 'adaptive' is not defined" in capsys.readouterr().err
+
+    needs_debian_data(Path("/usr/share/openclipart/png"))
+    root = build_mini(tmp_path / "mini", seed=0, scale=0.02)
+    run = ["eval", "--model", str(folders["ume-r1"]), "--profile", "ume-r1", "--tasks", "mmeb-mini"]
+    run += ["--data-root", str(root), "--out", str(tmp_path / "run"), "--limit", "2", "--quiet"]
+    run += [
+        "--cache",
+        str(tmp_path / "cache"),
+        "--qry-mode",
+        "gen",
+        "--max-new-tokens",
+        "3",
+        "--dtype",
+        "float32",
+    ]
+    assert main(run) == 0, capsys.readouterr().err
+    assert (tmp_path / "run" / "scores.gen-gen.json").is_file()  # UME-R1 embeds candidates in gen too

@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tgt-mode",
         choices=MODES,
         help="how candidates are embedded (default: disc for a disc query, else nothink: targets are "
-        "indexed without reasoning, as stage-1 training embeds them)",
+        "indexed without reasoning, as stage-1 training embeds them; a profile without nothink, e.g. "
+        "ume-r1, embeds them in the query's mode)",
     )
     p.add_argument(
         "--allow-any-mode-pair",
@@ -245,7 +246,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise InputError("--batch-size must be >= 1")
     samples = read_items(args.input)  # validates every line before loading the model
     _quiet_libraries()
-    embedder = Embedder.from_pretrained(args.model, dtype=args.dtype, **_base(args))
+    embedder = Embedder.from_pretrained(args.model, **_load_args(args))
     try:
         result = embedder.encode(samples, mode=args.mode, batch_size=args.batch_size, progress=not args.quiet)
     except InputError as e:
@@ -287,7 +288,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / "eval" / f"{name}-{args.tasks.replace(',', '+')[:60]}"
     settings = EvalSettings(
         qry_mode=args.qry_mode,
-        tgt_mode=args.tgt_mode or ("disc" if args.qry_mode == "disc" else "nothink"),
+        tgt_mode=args.tgt_mode or "",  # "": the default for the query mode and the model (evaluate)
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         allow_any_mode_pair=args.allow_any_mode_pair,
@@ -296,8 +297,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .embedder import Embedder
 
     result = evaluate(
-        Embedder.from_pretrained(args.model, dtype=args.dtype, **_base(args))
-        if args.dtype or args.base
+        Embedder.from_pretrained(args.model, **_load_args(args))
+        if args.dtype or args.base or args.profile
         else args.model,
         args.tasks,
         out,
@@ -417,7 +418,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=os.environ.get("MMEMB_API_KEY") or None,
         limits=Limits(max_items=args.max_items, max_image_pixels=args.max_image_pixels, allow_path_root=root),
     )  # fmt: skip
-    embedder = Embedder.from_pretrained(args.model, dtype=args.dtype, **_base(args))
+    embedder = Embedder.from_pretrained(args.model, **_load_args(args))
+    embedder.profile.check_mode(args.mode)
     print(f"mmemb serve: {args.model} on http://{args.host}:{args.port} (mode {args.mode}, lanes {args.lanes}, "
           f"API key {'on' if settings.api_key else 'off'})", file=sys.stderr, flush=True)  # fmt: skip
     serve(embedder, settings, host=args.host, port=args.port)
@@ -460,15 +462,24 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    """--model and --base, shared by embed, eval and serve."""
+    """--model, --base and --profile, shared by embed, eval and serve."""
+    from .profiles import PROFILES
+
     p.add_argument("--model", default="nano", help="'nano', 'nano-r1', a folder saved by mmemb, a Qwen-VL "
                    "folder or hub id, or a PEFT adapter folder (merged into its base at load)")  # fmt: skip
     p.add_argument("--base", help="a PEFT adapter's base model (default: its base_model_name_or_path)")
+    p.add_argument("--profile", choices=list(PROFILES), help="embed a published checkpoint as its authors' code "
+                   "does (README: Published checkpoints); default: what the checkpoint names, else mmemb's own")  # fmt: skip
 
 
-def _base(args: argparse.Namespace) -> dict:
-    """--base for a PEFT adapter folder, as a backbone override (only when given)."""
-    return {"base": args.base} if getattr(args, "base", None) else {}
+def _load_args(args: argparse.Namespace) -> dict:
+    """from_pretrained's --dtype, --base (a PEFT adapter's base, as a backbone override) and --profile."""
+    out = {"dtype": args.dtype}
+    if getattr(args, "base", None):
+        out["base"] = args.base
+    if getattr(args, "profile", None):
+        out["profile"] = args.profile
+    return out
 
 
 def cmd_check_mmeb_v2(args: argparse.Namespace) -> int:
@@ -501,7 +512,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "model": str(args.model),
         "fingerprint": e.fingerprint(),
         "policy_fingerprint": e.policy_fingerprint(),
-        "modes": list(MODES),
+        "modes": list(e.profile.modes),
         "config": e.config.to_dict(),
         "token_ids": e.ids,
     }

@@ -117,6 +117,14 @@ def run_specs(
     return runs
 
 
+def default_target_mode(qry_mode: str, modes: list[str]) -> str:
+    """Candidates in disc for a disc query; else in nothink (the gen space without reasoning) where the model
+    has it, or in the query's own mode (UME-R1 embeds both sides in gen)."""
+    if qry_mode == "disc":
+        return "disc"
+    return "nothink" if "nothink" in modes else qry_mode
+
+
 def evaluate(
     model: str | Embedder,
     tasks: str,
@@ -134,6 +142,8 @@ def evaluate(
     started = time.perf_counter()
     st = resolve(tasks, data_root, hub_cache)
     embedder = Embedder.from_pretrained(model) if isinstance(model, (str, Path)) else model
+    if not settings.tgt_mode:
+        settings = replace(settings, tgt_mode=default_target_mode(settings.qry_mode, embedder.profile.modes))
     runs = run_specs(settings, list(analyses), samples, temperature)
     for s in runs.values():
         check_modes(embedder, s)

@@ -64,6 +64,7 @@ def check_modes(embedder: Embedder, s: EvalSettings) -> None:
     for m in (s.qry_mode, s.tgt_mode):
         if m not in MODES:
             raise InputError(f"unknown mode {m!r}; choose from {list(MODES)}")
+        embedder.profile.check_mode(m)
     valid = [tuple(p) for p in embedder.config.valid_mode_pairs]
     spaces = (mode_space(s.qry_mode), mode_space(s.tgt_mode))
     if spaces not in valid and not s.allow_any_mode_pair:
