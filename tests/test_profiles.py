@@ -51,9 +51,18 @@ def qwen_smart_resize(height, width, factor, min_pixels, max_pixels):
     return h_bar, w_bar
 
 
+def to_rgb(im):
+    """qwen-vl-utils 0.0.11 vision_process.py L89-95 (0.0.14 L84-90)."""
+    if im.mode == "RGBA":
+        white = Image.new("RGB", im.size, (255, 255, 255))
+        white.paste(im, mask=im.split()[3])
+        return white
+    return im.convert("RGB")
+
+
 def fetch_image(im, factor, min_pixels, max_pixels):
-    """qwen-vl-utils fetch_image for a PIL image: RGB, smart_resize, PIL resize."""
-    im = im.convert("RGB")
+    """qwen-vl-utils fetch_image for a PIL image: to_rgb, smart_resize, PIL resize."""
+    im = to_rgb(im)
     h, w = qwen_smart_resize(im.height, im.width, factor, min_pixels, max_pixels)
     return im.resize((w, h))
 
@@ -102,8 +111,20 @@ def media(tmp_path_factory):
         "b": write_image(root / "b.png", size=(40, 90), seed=2),
         "tiny": write_image(root / "tiny.png", size=(20, 30), seed=3),
         "big": write_image(root / "big.png", size=(170, 130), seed=4),
+        "rgba": write_rgba(root / "rgba.png"),
         "frames": tuple(frames),
     }
+
+
+def write_rgba(path):
+    """Clip art: a coloured disc on a transparent background whose hidden colour is black."""
+    arr = np.zeros((64, 64, 4), dtype=np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 < 400
+    arr[disc] = (200, 40, 90, 255)
+    arr[(yy < 8) & ~disc, 3] = 120  # some half-transparent pixels too
+    Image.fromarray(arr, "RGBA").save(path)
+    return path
 
 
 def kinds(m):
@@ -114,6 +135,9 @@ def kinds(m):
         "image_only": Sample(id="image_only", image=m["b"], instruction="Represent the given image"),
         "tiny": Sample(id="tiny", image=m["tiny"], text="a small one"),  # VLM2Vec: under 28 px -> 56x56
         "big": Sample(id="big", image=m["big"], text="a big one"),  # over the tiny processor's own bounds
+        "rgba": Sample(
+            id="rgba", image=m["rgba"], text="clip art"
+        ),  # transparent: UME, Qwen3 put it on white
         "pages": Sample(id="pages", pages=(m["a"], m["b"]), instruction="Find the document", text="q"),
         "video": Sample(id="video", frames=m["frames"], instruction="Find the clip", text="a man cooking"),
     }
@@ -170,13 +194,34 @@ def qwen3_reference(s, tok):
         if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
             instruction = instruction + "."
     paths = s.pages or ((s.image,) if s.image else ())
-    content = [{"type": "image"} for _ in paths] + ([{"type": "text", "text": s.text}] if s.text else [])
+    content = [{"type": "video"}] if s.frames else []  # videos, then images, then texts (L274-324)
+    content += [{"type": "image"} for _ in paths] + ([{"type": "text", "text": s.text}] if s.text else [])
     conversation = [
         {"role": "system", "content": [{"type": "text", "text": instruction or QWEN3_DEFAULT_INSTRUCTION}]},
         {"role": "user", "content": content},
     ]
     text = tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    if s.frames:
+        frames = qwen3_fetch_video([Image.open(f) for f in s.frames])
+        # processing_qwen3_vl.py L93-103 + _calculate_timestamps: fps 2.0, indices 0..n-1, pairs averaged
+        stamps = [i / 2.0 for i in range(len(frames))]
+        stamps = [(stamps[i] + stamps[i + 1]) / 2 for i in range(0, len(stamps), 2)]
+        block = "<|vision_start|><|video_pad|><|vision_end|>"
+        return text.replace(block, "".join(f"<{t:.1f} seconds>" + block for t in stamps)), frames
     return text, [fetch_image(Image.open(p), 32, 4096, 1843200) for p in paths]
+
+
+def qwen3_fetch_video(frames):
+    """qwen-vl-utils 0.0.14 fetch_video, frame-list branch (L416-475) with Qwen3VLEmbedder's total_pixels
+    7864320 (L276, L296-300): fetch_image per frame at image_patch_size 32 (factor 64), pad to even, then one
+    smart_resize for all (factor 32) and a bicubic resize (torchvision upstream; PIL here)."""
+    frames = [fetch_image(f, 64, 4 * 64 * 64, 16384 * 64 * 64) for f in frames]
+    n = math.ceil(len(frames) / 2) * 2
+    frames += [frames[-1]] * (n - len(frames))
+    min_pixels = 128 * 32 * 32
+    max_pixels = max(min(768 * 32 * 32, 7864320 / n * 2), int(min_pixels * 1.05))
+    h, w = qwen_smart_resize(frames[0].height, frames[0].width, 32, min_pixels, max_pixels)
+    return [f.resize((w, h), Image.BICUBIC) for f in frames]
 
 
 REFERENCE = {"ume-r1": ume_reference, "vlm2vec-v2": vlm2vec_reference, "qwen3-vl-embedding": qwen3_reference}
@@ -185,7 +230,6 @@ PROCESSOR_SIZE = {  # what each harness gives the image processor
     "vlm2vec-v2": {"size": {"shortest_edge": 3136, "longest_edge": 1003520}},
     "qwen3-vl-embedding": {},
 }
-VIDEO_PROFILES = ("ume-r1", "vlm2vec-v2")  # Qwen2-VL video; Qwen3-VL's timestamps are refused (tested below)
 
 
 def reference_inputs(profile, folder, batch, padding_side):
@@ -209,7 +253,10 @@ def reference_inputs(profile, folder, batch, padding_side):
         extra |= {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
     if videos:
         pv, grid = zip(*[video_reference(v, proc) for v in videos], strict=True)
-        counts = [int(g.prod()) // 4 for g in grid]
+        if profile == "qwen3-vl-embedding":  # one pad per temporal group
+            counts = [int(h * w) // 4 for t, h, w in (g.tolist() for g in grid) for _ in range(t)]
+        else:
+            counts = [int(g.prod()) // 4 for g in grid]
         texts = [expand(t, c, "<|video_pad|>") for t, c in _split(texts, counts, "<|video_pad|>")]
         extra |= {"pixel_values_videos": torch.cat(pv), "video_grid_thw": torch.stack(grid)}
     enc = tok(texts, padding=True, add_special_tokens=False, return_tensors="pt")
@@ -287,8 +334,6 @@ def test_prompt_ids_equal_the_harness(profile, folders, embedders, media):
     """Golden renderings: per input kind, the exact prompt text and token ids the authors' harness builds."""
     e, folder = embedders[profile], folders[profile]
     for name, s in kinds(media).items():
-        if s.frames and profile not in VIDEO_PROFILES:
-            continue
         texts, enc, _ = reference_inputs(profile, folder, [s], "left")
         ours = e.backbone.prepare([s], [e.prompt(s)])  # the whole prompt (no shared-prefix split)
         assert ours.input_ids.tolist() == enc["input_ids"].tolist(), (profile, name, texts[0])
@@ -318,7 +363,7 @@ def test_golden_strings():
 def test_vectors_equal_plain_transformers(profile, folders, embedders, media):
     """A batch of every input kind, left-padded by mmemb, equals the harness's own forward and pooling."""
     e, folder = embedders[profile], folders[profile]
-    batch = [s for s in kinds(media).values() if profile in VIDEO_PROFILES or not s.frames]
+    batch = list(kinds(media).values())
     ours = e.encode(batch, mode="disc", batch_size=len(batch)).vectors
     ref = reference_vectors(profile, folder, batch, _model(folder))
     np.testing.assert_allclose(ours, ref, atol=2e-5)
@@ -423,8 +468,6 @@ def test_detection_and_refusals(folders, embedders, media, tmp_path, capsys):
         Embedder.from_pretrained("nano", profile="ume-r1", quiet=True)
     with pytest.raises(InputError, match="not defined for profile 'vlm2vec-v2'"):
         embedders["vlm2vec-v2"].encode([Sample(id="t", text="x")], mode="gen")
-    with pytest.raises(InputError, match="frame timestamps"):
-        embedders["qwen3-vl-embedding"].encode([kinds(media)["video"]])
 
 
 # ---- the paths a user takes: embed, eval, serve with --profile ---------------------------------------------
@@ -478,3 +521,13 @@ def test_cli_embed_eval_serve_with_a_profile(folders, embedders, tmp_path, capsy
     ]
     assert main(run) == 0, capsys.readouterr().err
     assert (tmp_path / "run" / "scores.gen-gen.json").is_file()  # UME-R1 embeds candidates in gen too
+
+
+@pytest.mark.parametrize("n, size", [(3, (56, 56)), (64, (700, 500)), (21, (1000, 900)), (8, (90, 2000))])
+def test_qwen3_video_frames_follow_fetch_video(n, size):
+    """The per-frame budget that the video's total pixels leave (it binds on long, large videos)."""
+    frames = [Image.new("RGB", size, (3 * i, 100, 200 - 2 * i)) for i in range(n)]
+    ours = profiles.get("qwen3-vl-embedding").video_frames(frames)
+    ref = qwen3_fetch_video(frames)
+    assert [f.size for f in ours] == [f.size for f in ref] and len(ours) == n + n % 2
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(ours, ref, strict=True))

@@ -16,10 +16,12 @@ from PIL import Image, UnidentifiedImageError
 from .types import InputError, Sample
 
 
-def load_image(path: Path, *, max_pixels: int, who: str = "") -> Image.Image:
+def load_image(path: Path, *, max_pixels: int, who: str = "", rgba_on_white: bool = False) -> Image.Image:
     """Decode `path` fully into an RGB PIL image, refusing images over `max_pixels` pixels.
 
     The size is read from the header before any pixel is decoded, so a decompression bomb costs nothing.
+    rgba_on_white: an RGBA image is composited onto white (qwen-vl-utils' `to_rgb`, which UME-R1 and
+    Qwen3-VL-Embedding run); otherwise, and for every other mode, PIL's convert("RGB") (alpha dropped).
     """
     prefix = f"{who}: " if who else ""
     path = Path(path)
@@ -36,6 +38,10 @@ def load_image(path: Path, *, max_pixels: int, who: str = "") -> Image.Image:
                         f"{max_pixels:,}; resize it or raise backbone.max_image_pixels"
                     )
                 im.load()  # decode now: a truncated file fails here, not deep inside a batch
+                if rgba_on_white and im.mode == "RGBA":
+                    white = Image.new("RGB", im.size, (255, 255, 255))
+                    white.paste(im, mask=im.split()[3])
+                    return white
                 return im.convert("RGB")
     except InputError:
         raise
@@ -71,7 +77,10 @@ def sample_frames(frames: Sequence[Path], n: int) -> list[Path]:
     return [frames[int(i)] for i in np.linspace(0, len(frames) - 1, n, dtype=int)]
 
 
-def sample_images(sample: Sample, *, num_frames: int, max_pixels: int) -> list[Image.Image]:
+def sample_images(
+    sample: Sample, *, num_frames: int, max_pixels: int, rgba_on_white: bool = False
+) -> list[Image.Image]:
     """All images a sample contributes, in order: its image, its sampled frames, or its pages."""
     paths = sample_frames(sample.frames, num_frames) if sample.frames else list(sample.media())
-    return [load_image(p, max_pixels=max_pixels, who=f"item {sample.id!r}") for p in paths]
+    who = f"item {sample.id!r}"
+    return [load_image(p, max_pixels=max_pixels, who=who, rgba_on_white=rgba_on_white) for p in paths]

@@ -58,6 +58,10 @@ class Profile:
     )  # qwen-vl-utils fetch_image: factor, min_pixels, max_pixels
     small_image: dict = field(default_factory=dict)  # {"below": b, "to": s}: a side < b -> resized to s x s
     no_processor_resize: bool = False  # the image processor gets do_resize=False
+    video_resize: dict = field(
+        default_factory=dict
+    )  # qwen-vl-utils 0.0.14 fetch_video for frames (see video_frames)
+    rgba_on_white: bool = False  # an RGBA image is composited onto white (qwen-vl-utils' to_rgb)
     max_images: int = 0  # images an item keeps (0: all; UME-R1's harness embeds only the first)
     min_pixels: int = 0
     max_pixels: int = 0
@@ -109,6 +113,8 @@ class Profile:
     def media_images(self, sample: Sample, images: list[Image.Image]) -> list[Image.Image]:
         """The images as the profile feeds them: the blank image for a text-only input, then the resize
         rules, in upstream order."""
+        if sample.frames and self.video_resize:
+            return self.video_frames(images)
         if self.blank_image and sample.modality == "text":
             images = [blank_image()]
         if self.max_images and not sample.frames:
@@ -123,6 +129,23 @@ class Profile:
                 im = im.resize((w, h))  # PIL's default filter (bicubic), as fetch_image
             out.append(im)
         return out
+
+    def video_frames(self, frames: list[Image.Image]) -> list[Image.Image]:
+        """qwen-vl-utils 0.0.14 fetch_video for a frame list: each frame through fetch_image (its own factor
+        and bounds), padded to an even count with the last, then every frame resized to one size within the
+        per-frame budget that the video's total pixels leave (bicubic: upstream uses torchvision's
+        antialiased bicubic on the tensor, which PIL's matches to a level or two)."""
+        r = self.video_resize
+        out = []
+        for im in frames:
+            h, w = smart_resize(
+                im.height, im.width, r["frame_factor"], r["frame_min_pixels"], r["frame_max_pixels"]
+            )
+            out.append(im.resize((w, h)))
+        out += out[-1:] * (len(out) % 2)
+        budget = max(min(r["max_pixels"], r["total_pixels"] / len(out) * 2), int(r["min_pixels"] * 1.05))
+        h, w = smart_resize(out[0].height, out[0].width, r["factor"], r["min_pixels"], budget)
+        return [im.resize((w, h), Image.Resampling.BICUBIC) for im in out]
 
 
 def blank_image() -> Image.Image:

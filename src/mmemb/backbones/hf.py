@@ -9,7 +9,8 @@ not use the processor class itself because in transformers 5 it requires a video
 torchvision, which cannot be installed beside the pinned torch. Under mmemb's own profile a video is fed as
 its sampled frames, one image each (multi-image input). A published profile (profiles.py) that takes video as
 video gets `<|video_pad|>` and `pixel_values_videos`, built from the image processor's per-frame patches
-(`_video_patches`: Qwen2-VL's temporal patches are consecutive frame pairs).
+(`_video_patches`: the temporal patches are consecutive frame pairs); Qwen3-VL puts each pair in its own
+marked block after a `<t seconds>` stamp.
 
 Positions: multimodal RoPE, (3, B, T) from the model's own `get_rope_index` at prefill (left padding aware),
 or plain 1-D positions on all three axes for a profile whose prompts lack the vision markers (VLM2Vec);
@@ -33,7 +34,7 @@ from .base import Backbone, Prompts
 # differs (another placeholder, extra get_rope_index arguments) gets its own row here, not an if-branch.
 FAMILIES: dict[str, dict] = {
     "qwen2_vl": {
-        "video": True,  # video as video (`_video_patches`); the other rows' timestamps / fps are not built yet
+        "video": "pads",  # video as video: the <|video_pad|> expanded to the video's visual tokens
         "image_pad": "<|image_pad|>",
         "video_pad": "<|video_pad|>",
         "vision_start": "<|vision_start|>",
@@ -46,6 +47,8 @@ FAMILIES: dict[str, dict] = {
         "vision_end": "<|vision_end|>",
     },
     "qwen3_vl": {
+        # video as video: each pair of frames its own `<t seconds>` + marked block (processing_qwen3_vl.py)
+        "video": "timestamps",
         "image_pad": "<|image_pad|>",
         "video_pad": "<|video_pad|>",
         "vision_start": "<|vision_start|>",
@@ -121,9 +124,9 @@ class HFBackbone(Backbone):
             return False
         if not self.family.get("video"):
             raise InputError(
-                f"item {sample.id!r}: profile {self.profile.name!r} takes video as video, which mmemb builds only "
-                "for Qwen2-VL checkpoints so far (this family adds frame timestamps); embed frames as images "
-                "with the mmemb profile, or leave video out"
+                f"item {sample.id!r}: profile {self.profile.name!r} takes video as video, which mmemb builds for "
+                "Qwen2-VL and Qwen3-VL, not this family; embed frames as images with the mmemb profile, or leave "
+                "video out"
             )
         return True
 
@@ -142,7 +145,12 @@ class HFBackbone(Backbone):
         self.check_reserved(samples, [f["image_pad"], f["video_pad"], f["vision_start"], f["vision_end"]])
         images, videos = [], []
         for s in samples:
-            got = sample_images(s, num_frames=self.config.num_frames, max_pixels=self.config.max_image_pixels)
+            got = sample_images(
+                s,
+                num_frames=self.config.num_frames,
+                max_pixels=self.config.max_image_pixels,
+                rgba_on_white=self.profile.rgba_on_white,
+            )
             got = self.profile.media_images(s, got)
             if self._as_video(s):
                 videos.append(got)
@@ -164,7 +172,13 @@ class HFBackbone(Backbone):
                 for frames, s in zip(videos, [s for s in samples if self._as_video(s)], strict=True)
             ]
             grid = torch.stack([g for _, g in parts])  # (V, 3)
-            counts = iter((grid.prod(-1) // merge).tolist())
+            if f["video"] == "timestamps":  # one marked block per temporal group, each after its time
+                block = f["vision_start"] + f["video_pad"] + f["vision_end"]
+                groups = iter(grid[:, 0].tolist())
+                texts = [_replace_each(t, block, lambda: _timestamped(block, next(groups))) for t in texts]
+                counts = iter([int(h * w) // merge for t, h, w in grid.tolist() for _ in range(t)])
+            else:
+                counts = iter((grid.prod(-1) // merge).tolist())
             texts = [_expand(t, f["video_pad"], counts) for t in texts]
             extra["pixel_values_videos"] = torch.cat([p for p, _ in parts]).to(self.model.model.visual.dtype)
             extra["video_grid_thw"] = grid
@@ -260,6 +274,19 @@ def _merge_adapter(model, adapter: str):
         return PeftModel.from_pretrained(model, adapter).merge_and_unload()
     except (ValueError, KeyError, RuntimeError) as e:  # wrong base: missing modules or shape mismatches
         raise InputError(f"{adapter}: the adapter does not fit its base model ({e}); check --base") from None
+
+
+def _replace_each(text: str, block: str, make) -> str:
+    """Each occurrence of `block` replaced by a fresh `make()`, in order."""
+    parts = text.split(block)
+    return parts[0] + "".join(make() + rest for rest in parts[1:])
+
+
+def _timestamped(block: str, groups: int) -> str:
+    """Qwen3-VL's video placeholder for a frame list (processing_qwen3_vl.py L93-103, _calculate_timestamps
+    L173-184): `<t seconds>` + block per temporal group. qwen-vl-utils gives a frame list fps 2.0 and indices
+    0..n-1, so group k (frames 2k, 2k+1) sits at the mean of k and k + 0.5 seconds."""
+    return "".join(f"<{(2 * k / 2.0 + (2 * k + 1) / 2.0) / 2:.1f} seconds>" + block for k in range(groups))
 
 
 def _expand(text: str, pad: str, counts) -> str:
