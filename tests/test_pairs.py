@@ -161,10 +161,10 @@ def test_mini_samples_have_the_eval_loaders_content_keys(mini):
 
 def test_mmeb_mini_spec_uses_the_cached_build_and_builds_it_once(mini, tmp_path, monkeypatch, capsys):
     import mmemb.data.mini
-    import mmemb.eval.evaluate
+    import mmemb.paths
 
     target = tmp_path / "cache" / "mmeb-mini-seed0"
-    monkeypatch.setattr(mmemb.eval.evaluate, "mini_root", lambda: target)
+    monkeypatch.setattr(mmemb.paths, "mini_root", lambda: target)
     built = []
 
     def fake_build(root, seed=0, scale=1.0):

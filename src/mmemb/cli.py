@@ -10,9 +10,10 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
+from .io import atomic_files
+from .runtime import quiet_libraries
 from .types import MODES, InputError
 
 COMMANDS = {
@@ -226,14 +227,6 @@ def console() -> None:
     sys.exit(main())
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -245,7 +238,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise InputError("--batch-size must be >= 1")
     samples = read_items(args.input)  # validates every line before loading the model
-    _quiet_libraries()
+    quiet_libraries()
     embedder = Embedder.from_pretrained(args.model, **_load_args(args))
     try:
         result = embedder.encode(samples, mode=args.mode, batch_size=args.batch_size, progress=not args.quiet)
@@ -266,7 +259,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             for i, s in enumerate(samples)
         ]
         files[out.with_suffix(".gen.jsonl")] = lambda f: f.write(("\n".join(lines) + "\n").encode())
-    _write_all(files)
+    atomic_files(files)
     reasoned = f", reasoned on {sum(result.reasoned)}/{len(samples)}" if result.reasoned else ""
     print(
         f"mmemb embed: {len(samples)} items -> {out} {result.vectors.shape} ({args.mode}{reasoned})",
@@ -283,7 +276,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     bad = [a for a in analyses if a not in ("oracle", "pass@k")]
     if bad:
         raise InputError(f"--analysis {bad}: choose from oracle, pass@k")
-    _quiet_libraries()
+    quiet_libraries()
     name = Path(args.model).name or str(args.model)
     out = args.out or Path("runs") / "eval" / f"{name}-{args.tasks.replace(',', '+')[:60]}"
     settings = EvalSettings(
@@ -342,11 +335,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .train.stage1 import train_stage1
 
         cfg = load_train_config(args.config, args.overrides)  # every key checked before any compute
-        _quiet_libraries()
+        quiet_libraries()
         train_stage1(cfg)
         return 0
     cfg = load_policy_config(args.config, args.overrides)
-    _quiet_libraries()
+    quiet_libraries()
     if args.train_command == "policy":
         from .train.policy import train_policy
 
@@ -390,7 +383,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         if args.limit < 0:
             raise InputError(f"--limit {args.limit}: give 0 (all test queries) or more")
         recipe.eval_limit = args.limit
-    _quiet_libraries()
+    quiet_libraries()
     reproduce(out, recipe, eval_only=args.eval_only, log=not args.quiet, dtype=args.dtype)
     return 0
 
@@ -411,7 +404,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     root = args.allow_path_root
     if root is not None and not root.is_dir():
         raise InputError(f"--allow-path-root {root}: not a folder")
-    _quiet_libraries()
+    quiet_libraries()
     settings = ServeSettings(
         model_name=args.model, mode=args.mode, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue, lanes=args.lanes, max_body_bytes=int(args.max_body_mb * 2**20),
@@ -443,7 +436,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "check-mmeb-v2":
         return cmd_check_mmeb_v2(args)
     from .data.mini import DEFAULT_TASKS, build_mini, parse_tasks
-    from .eval.evaluate import MINI_SEED, mini_root
+    from .paths import MINI_SEED, mini_root
 
     try:
         tasks = parse_tasks(args.tasks) if args.tasks else DEFAULT_TASKS
@@ -506,7 +499,7 @@ def cmd_check_mmeb_v2(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from .embedder import Embedder
 
-    _quiet_libraries()
+    quiet_libraries()
     e = Embedder.from_pretrained(args.model)
     info = {
         "model": str(args.model),
@@ -518,24 +511,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     }
     print(json.dumps(info, indent=2))
     return 0
-
-
-def _write_all(files: dict) -> None:
-    """Write every file to a temporary name first, then rename them all: all or nothing."""
-    staged = []
-    try:
-        for path, write in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            staged.append((tmp, path))
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
 
 if __name__ == "__main__":

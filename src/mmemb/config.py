@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .io import atomic_json
 from .types import InputError
 
 CONFIG_VERSION = 1
@@ -166,7 +167,7 @@ class EmbedderConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: Path) -> EmbedderConfig:

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -31,6 +29,7 @@ from .backbones import build_backbone
 from .backbones.base import Backbone, Prefix, Prompts
 from .config import BackboneConfig, EmbedderConfig
 from .decode import Row, Start, decode
+from .io import replace_dir, staging_dir
 from .policy_head import WEIGHTS as POLICY_WEIGHTS
 from .policy_head import PolicyHead
 from .types import MODES, Embeddings, InputError, Sample
@@ -186,16 +185,13 @@ class Embedder:
     def save_pretrained(self, directory: str | Path) -> None:
         """Write weights (safetensors) and embedder_config.json; atomic (temp folder, then rename)."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+        tmp = staging_dir(directory)
         try:
             self.backbone.save(tmp)
             if self.policy is not None:
                 self.policy.save(tmp)
             self.config.save(tmp / CONFIG_NAME)
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
+            replace_dir(tmp, directory)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

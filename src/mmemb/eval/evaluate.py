@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..backbones.assets import cache_dir
 from ..embedder import Embedder
+from ..io import atomic_json, atomic_write
+from ..paths import MINI_SEED, embeddings_dir, mini_root, pages_dir
 from ..types import InputError
 from . import analysis, hub, mmeb_v2
 from .plot import plot_meta_tasks
@@ -26,8 +27,6 @@ from .registry import MMEB_V2, DatasetInfo, suite
 from .report import format_report, load_scores, summarize, write_scores
 from .runner import EvalSettings, TaskResult, check_modes, evaluate_task
 from .tasks import Task, TaskError, load_task
-
-MINI_SEED = 0
 
 MMEB_V2_HOWTO = """MMEB-V2 data is not present{where}. mmemb does not download it. To evaluate on MMEB-V2:
   1. media (images, video frames): clone the hub dataset TIGER-Lab/MMEB-V2 and unpack its archives as
@@ -46,10 +45,6 @@ class Suite:
     formats: dict[str, str]  # dataset -> "rows" | "beir" (a tasks.json suite) | "mmeb-v2" (the real layout)
     tasks_json: list[dict] | None = None
     where: mmeb_v2.Where | None = None
-
-
-def mini_root() -> Path:
-    return cache_dir() / "data" / f"mmeb-mini-seed{MINI_SEED}"
 
 
 def resolve(tasks: str, data_root: Path | None, hub_cache: Path | None = None) -> Suite:
@@ -90,7 +85,7 @@ def resolve(tasks: str, data_root: Path | None, hub_cache: Path | None = None) -
             f"--data-root {data_root} looks like a Hugging Face cache snapshot: annotation downloads go to "
             f"--hub-cache (the cache root, e.g. ~/.cache/huggingface/hub); --data-root is the MMEB-V2 media clone"
         )
-    where = mmeb_v2.Where(data_root, hub_cache or hub.default_cache(), cache_dir() / "mmeb-v2-pages")
+    where = mmeb_v2.Where(data_root, hub_cache or hub.default_cache(), pages_dir())
     return Suite(
         "mmeb-v2", data_root, {n: MMEB_V2[n] for n in names}, dict.fromkeys(names, "mmeb-v2"), where=where
     )
@@ -148,7 +143,7 @@ def evaluate(
     for s in runs.values():
         check_modes(embedder, s)
     fingerprint = embedder.fingerprint()
-    cache_root = cache_root or cache_dir() / "embeddings"
+    cache_root = cache_root or embeddings_dir()
     loaded, errors, missing = {}, {}, []
     for name in st.datasets:
         try:
@@ -217,10 +212,10 @@ def evaluate(
         )
         _write_jsonl(out / f"per_query.{run}.jsonl", [q for r in results[run].values() for q in r.per_query])
     summary = _analysis(results, analyses, samples, st)
-    (out / "analysis.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "errors.json").write_text(json.dumps(errors, indent=2) + "\n")
+    atomic_json(out / "analysis.json", summary)
+    atomic_json(out / "errors.json", errors)
     report = format_report([summarize(load_scores(out / f"scores.{run}.json")) for run in runs])
-    (out / "report.txt").write_text(report + "\n")
+    atomic_write(out / "report.txt", report + "\n")
     plot_meta_tasks(_meta_table(summary, st), out / "plot.png", f"{model} on {st.name}")
     return {
         "runs": results,
@@ -271,6 +266,4 @@ def _meta_table(summary: dict, st: Suite) -> dict[str, dict[str, float]]:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))

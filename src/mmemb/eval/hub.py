@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io import read_jsonl
 from ..types import InputError
 
 DATA_EXTS = (".parquet", ".jsonl", ".json")
@@ -243,17 +244,7 @@ def _json_rows(path: Path) -> Iterator[tuple[str, dict]]:
                 raise HubError(f"{path} row {i}: expected a JSON object, got {type(row).__name__}")
             yield f"{path} row {i}", row
         return
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise HubError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise HubError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            yield f"{path}:{n}", row
+    yield from read_jsonl(path, error=HubError)
 
 
 def columns_of(files: list[Path]) -> set[str] | None:

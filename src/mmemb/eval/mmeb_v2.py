@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from ..io import atomic_write
 from ..media import frame_order, sample_frames
 from ..types import InputError, Sample
 from . import hub
@@ -805,10 +806,7 @@ def _page(src: Source, where: Where, folder: Path | None, w: str, row: dict) -> 
         raise TaskError(f"{w}: column 'image' has no bytes and {name} is not in the data root")
     out = where.pages_cache / src.name / name
     if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(out)
+        atomic_write(out, data)
     return out
 
 

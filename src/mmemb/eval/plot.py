@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_write
+
 
 def plot_meta_tasks(table: dict[str, dict[str, float]], path: Path, title: str) -> Path:
     """table: {series name (a mode, "oracle", "gen pass@4"): {meta-task label: score 0-100}}."""
@@ -29,7 +31,6 @@ def plot_meta_tasks(table: dict[str, dict[str, float]], path: Path, title: str) 
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
     return path

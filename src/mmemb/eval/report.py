@@ -21,17 +21,15 @@ Worked example: image datasets a=0.5, b=0.7 and video c=0.3 (of two expected vid
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..io import atomic_write
 from ..types import InputError
 from .registry import MODALITIES, DatasetInfo, meta_task_order, suite_from_tasks
 from .registry import suite as registry_suite
@@ -417,7 +415,7 @@ def write_scores(
     if tasks is not None:
         metadata["tasks"] = tasks
     text = json.dumps({"metadata": metadata, "metrics": metrics}, indent=2, allow_nan=False) + "\n"
-    _atomic_write(path, text)
+    atomic_write(path, text)
     return path
 
 
@@ -454,20 +452,3 @@ def _group_metrics(
                 raise ValueError(f"per_dataset[{info.name!r}][{metric!r}]: {problem}")
         out.setdefault(info.modality, {})[info.name] = values
     return out
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

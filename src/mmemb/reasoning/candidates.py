@@ -19,13 +19,13 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import TokensConfig
 from ..data.pairs import Pair, dataset_fingerprint
+from ..io import atomic_write, read_jsonl
 from ..types import InputError
 from .format import parse_rationale
 from .teachers import Reply, Request, Teacher
@@ -59,26 +59,17 @@ def read_candidates(path: Path, repair: bool = False) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1  # everything after the last newline is a torn write
-    if repair and end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
+    if repair:
+        data = path.read_bytes()
+        end = data.rfind(b"\n") + 1  # everything after the last newline is a torn write
+        if end < len(data):
+            with open(path, "r+b") as f:
+                f.truncate(end)
     rows = []
-    for n, line in enumerate(data[:end].decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{n}: not valid JSON ({e.msg}); the file is damaged") from None
-        if (
-            not isinstance(row, dict)
-            or not isinstance(row.get("pair_id"), str)
-            or not isinstance(row.get("k"), int)
-        ):
-            raise InputError(f"{path}:{n}: expected an object with a string 'pair_id' and an integer 'k'")
-        row["_where"] = f"{path}:{n}"
+    for where, row in read_jsonl(path, torn_tail=True):
+        if not isinstance(row.get("pair_id"), str) or not isinstance(row.get("k"), int):
+            raise InputError(f"{where}: expected an object with a string 'pair_id' and an integer 'k'")
+        row["_where"] = where
         rows.append(row)
     return rows
 
@@ -136,7 +127,7 @@ def generate_candidates(
             raise InputError(f"{row['_where']}: unknown query id {row['pair_id']!r} (not in this dataset)")
         done.add((row["pair_id"], row["k"]))
     if not meta_path(out).is_file():
-        write_atomic(meta_path(out), json.dumps(meta, indent=2) + "\n")
+        atomic_write(meta_path(out), json.dumps(meta, indent=2) + "\n")
     todo = [
         Request(p.id, j, p.query, p.hint, request_seed(seed, p.id, j))
         for p in pairs
@@ -230,15 +221,3 @@ def load_for(pairs: list[Pair], path: Path) -> dict[str, list[dict]]:
     for rows in grouped.values():
         rows.sort(key=lambda r: r["k"])
     return grouped
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -149,10 +149,10 @@ def make_teacher(args: argparse.Namespace):
     if spec == "hints":
         return HintTeacher()
     if spec == "nano" or kind == "local":
-        from ..cli import _quiet_libraries
         from ..embedder import Embedder
+        from ..runtime import quiet_libraries
 
-        _quiet_libraries()
+        quiet_libraries()
         model = "nano" if spec == "nano" else rest
         return LocalTeacher(
             Embedder.from_pretrained(model),
@@ -216,17 +216,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _embedder(args: argparse.Namespace):
-    from ..cli import _quiet_libraries
     from ..embedder import Embedder
+    from ..runtime import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     return Embedder.from_pretrained(args.model)
 
 
 def _cache(args: argparse.Namespace) -> Path:
-    from ..backbones.assets import cache_dir
+    from ..paths import embeddings_dir
 
-    return args.cache or cache_dir() / "embeddings"
+    return args.cache or embeddings_dir()
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -275,12 +275,12 @@ def _scored_pairs(args: argparse.Namespace):
 
 def _report(args: argparse.Namespace, report: dict, text: str, name: str) -> int:
     """Print a report and, with --out, write it as OUT/name (atomically)."""
-    from .candidates import write_atomic
+    from ..io import atomic_write
 
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        write_atomic(args.out / name, json.dumps(report, indent=2) + "\n")
+        atomic_write(args.out / name, json.dumps(report, indent=2) + "\n")
     return 0
 
 

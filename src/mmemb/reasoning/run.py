@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,8 +20,8 @@ import numpy as np
 
 from ..data.pairs import Pair, dataset_fingerprint
 from ..embedder import Embedder
+from ..io import atomic_write, read_jsonl
 from . import candidates as cand_io
-from .candidates import write_atomic
 from .format import empty_completion, think_completion
 from .scorers import UTILITIES
 from .scoring import (
@@ -76,8 +74,8 @@ def run_select(
     summary = {"settings": info, **summarize(scores, sel, utility)}
     summary["embedded_now"] = scores.embedded_now
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "selection.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write(out / "selection.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     plot_utilities(summary, out / "utilities.png")
     return summary
 
@@ -185,11 +183,8 @@ def plot_utilities(summary: dict, path: Path) -> None:
         ax.axis("off")
     fig.suptitle(f"utility '{summary['settings']['utility']}' of valid candidates; red: delta", fontsize=10)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=".utilities-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ---- inspect ------------------------------------------------------------------------------------------
@@ -220,7 +215,7 @@ def run_inspect(
     chosen: dict[str, dict] = {}
     sel_rows: list[dict] = []
     if selection_path:
-        sel_rows = [json.loads(line) for line in Path(selection_path).read_text().splitlines() if line]
+        sel_rows = [row for _, row in read_jsonl(Path(selection_path))]
         chosen = {r["pair_id"]: r["rationale"] for r in sel_rows if r["rationale"]}
     donors = pick_donors(pairs, slots, settings.seed)
     index = {p.id: i for i, p in enumerate(pairs)}

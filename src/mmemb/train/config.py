@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from ..config import BackboneConfig, _f, from_dict
+from ..io import atomic_write
 from ..types import InputError
 
 VARIANTS = ("none", "all", "selected")
@@ -339,4 +340,4 @@ def _merge(base: dict, new: dict) -> dict:
 
 
 def save_train_config(cfg: TrainConfig | PolicyTrainConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -32,7 +32,6 @@ Departures from the published methods, and why:
 from __future__ import annotations
 
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -44,8 +43,10 @@ import torch.nn.functional as F
 from ..config import PolicyConfig
 from ..data.pairs import Pair
 from ..embedder import Embedder
+from ..io import atomic_json
 from ..losses.policy import group_advantages, grpo_loss
 from ..policy_head import PolicyHead
+from ..runtime import check_tensorboard, tensorboard_writer
 from ..types import InputError
 from .config import PolicyTrainConfig, save_train_config
 from .data import BatchOrder, read_selection, read_training_pairs
@@ -148,7 +149,7 @@ def load_inputs(
     cfg: PolicyTrainConfig, cache_root: Path | None = None, progress: bool = True
 ) -> tuple[Embedder, list[Pair], Outcomes, np.ndarray | None]:
     """The embedder (with a fresh head), the training pairs, their outcomes and the cold-start labels."""
-    from ..backbones.assets import cache_dir
+    from ..paths import embeddings_dir
 
     d = cfg.data
     if d.selection and not Path(d.selection).is_file():
@@ -160,7 +161,7 @@ def load_inputs(
     embedder = Embedder.from_pretrained(cfg.model.init, **overrides)  # overrides: fresh models only
     fresh_head(embedder, cfg.policy.budgets)
     outcomes = compute_outcomes(
-        embedder, pairs, cfg.policy.budgets, cache_root or cache_dir() / "embeddings",
+        embedder, pairs, cfg.policy.budgets, cache_root or embeddings_dir(),
         d.negatives, cfg.run.batch_size, progress,
     )  # fmt: skip
     labels = (
@@ -172,15 +173,12 @@ def load_inputs(
 def train_policy(cfg: PolicyTrainConfig, log: bool = True, cache_root: Path | None = None) -> Path:
     """Train the policy head; write `run.output`/final (the embedder with its head) and return it."""
     t0 = time.perf_counter()
+    check_tensorboard(cfg.run.tensorboard)  # before the outcomes, which cost minutes
     embedder, pairs, outcomes, labels = load_inputs(cfg, cache_root, progress=log)
     out = Path(cfg.run.output)
     out.mkdir(parents=True, exist_ok=True)
     save_train_config(cfg, out / "config.yaml")
-    writer = None
-    if cfg.run.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tensorboard"))
+    writer = tensorboard_writer(cfg.run.tensorboard, out)
     reward = outcomes.reward(cfg.policy.lam, cfg.policy.cost, cfg.policy.format_weight)
 
     def show(r: dict) -> None:
@@ -210,7 +208,7 @@ def train_policy(cfg: PolicyTrainConfig, log: bool = True, cache_root: Path | No
         "history": history,
         "seconds": time.perf_counter() - t0,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_json(out / "summary.json", summary)
     final = out / "final"
     embedder.config.policy.trained = (
         f"mmemb train policy: lam={cfg.policy.lam} cost={cfg.policy.cost} steps={cfg.optim.steps} "

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ..embedder import Embedder
 from ..losses import full_batch_backward, gradcache_backward, info_nce
+from ..runtime import check_tensorboard, tensorboard_writer
 from ..types import InputError
 from .config import TrainConfig, load_train_config, mixed_precision, save_train_config
 from .data import BatchOrder, Example, build_examples, read_training_pairs
@@ -65,12 +66,7 @@ def check_inputs(cfg: TrainConfig) -> None:
             f"data.candidates {d.candidates!r}: not found (variant 'all' needs `mmemb reason generate`)"
         )
     check_strategy(cfg)
-    if cfg.run.tensorboard:
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise InputError("run.tensorboard needs the tensorboard package: pip install 'mmemb[train]' "
-                             "(or set run.tensorboard=false)") from None  # fmt: skip
+    check_tensorboard(cfg.run.tensorboard)
 
 
 def embed_with_completions(
@@ -287,11 +283,7 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
     if main:
         out.mkdir(parents=True, exist_ok=True)
         save_train_config(cfg, out / "config.yaml")
-    writer = None
-    if cfg.run.tensorboard and main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1)
+    writer = tensorboard_writer(cfg.run.tensorboard and main, out, purge_step=start + 1)
     world, rank, B, accum = (
         accelerator.num_processes,
         accelerator.process_index,

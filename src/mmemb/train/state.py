@@ -15,7 +15,6 @@ the previous checkpoint as the newest complete one. All tensors are whole (unsha
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..io import replace_dir, staging_dir
 from ..types import InputError
 from .config import TrainConfig, save_train_config
 
@@ -52,9 +52,7 @@ def save_checkpoint(
     """Write full trainable `weights` by name, AdamW `moments` by 'name::key', the optimizer's hyper-parameters
     (its param_groups without the params), the data order and every RNG state."""
     target = checkpoint_dir(output, step)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = staging_dir(target)
     save_file({n: t.contiguous() for n, t in weights.items()}, str(tmp / "trainable.safetensors"))
     save_file({n: t.contiguous() for n, t in moments.items()}, str(tmp / "optimizer.safetensors"))
     rng = {"cpu": torch.get_rng_state()}
@@ -72,9 +70,7 @@ def save_checkpoint(
     }
     (tmp / "state.json").write_text(json.dumps(state, default=_np) + "\n")
     save_train_config(cfg, tmp / "config.yaml")
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    replace_dir(tmp, target)
     for old in sorted(target.parent.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target

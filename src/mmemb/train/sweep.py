@@ -16,7 +16,6 @@ query, picked with the labels: an upper bound, not a policy).
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -24,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..backbones.assets import cache_dir
 from ..eval.cache import EmbeddingCache
 from ..eval.evaluate import _limit as limit_queries
 from ..eval.evaluate import resolve
 from ..eval.runner import EvalSettings, embed_keys, evaluate_task
 from ..eval.tasks import load_task
+from ..io import atomic_json, atomic_write
+from ..paths import embeddings_dir
 from .config import PolicyTrainConfig, save_train_config
 from .policy import fresh_head, load_inputs, per_task_invocation, train_head
 
@@ -92,7 +92,7 @@ def run_sweep(
     limit: int | None = None,
     log: bool = True,
 ) -> dict:
-    cache_root = cache_root or cache_dir() / "embeddings"
+    cache_root = cache_root or embeddings_dir()
     embedder, pairs, outcomes, labels = load_inputs(cfg, cache_root, progress=log)
     budgets = cfg.policy.budgets
     test = eval_outcomes(embedder, budgets, tasks, data_root, cache_root, cfg.run.batch_size, limit, log)
@@ -144,8 +144,8 @@ def run_sweep(
     }
     out.mkdir(parents=True, exist_ok=True)
     save_train_config(cfg, out / "config.yaml")
-    (out / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "sweep.md").write_text(format_table(result) + "\n")
+    atomic_json(out / "sweep.json", result)
+    atomic_write(out / "sweep.md", format_table(result) + "\n")
     plot_sweep(result, out / "sweep.png")
     return result
 
@@ -200,5 +200,5 @@ def plot_sweep(result: dict, path: Path) -> None:
     a1.legend(fontsize=7)
     fig.suptitle(f"{result['model']} on {result['tasks']}: accuracy vs reasoning", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
