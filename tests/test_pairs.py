@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from mmemb.cache import content_key
 from mmemb.data import pairs as pairs_mod
 from mmemb.data.pairs import Pair, dataset_fingerprint, read_pairs, ume_rationales
 from mmemb.eval.registry import suite
-from mmemb.eval.tasks import content_key, load_task
+from mmemb.eval.tasks import load_task
 from mmemb.types import InputError
 
 from .conftest import write_image

@@ -53,13 +53,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cache import content_key
 from ..eval.registry import DatasetInfo, suite_from_tasks
 from ..eval.tasks import (
     TaskError,
     _as_list,
     _frames,
     _media,
-    content_key,
     find_split_file,
     parse_row,
     read_beir,

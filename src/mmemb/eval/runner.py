@@ -12,16 +12,15 @@ the generated tokens and whether reasoning ran. A broken task is reported and sk
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..cache import CachedEncoder, Generation
 from ..embedder import Embedder
 from ..types import MODES, InputError, mode_space
-from .cache import EmbeddingCache
 from .metrics import aggregate, query_metrics
 from .tasks import Task
 
@@ -40,13 +39,9 @@ class EvalSettings:
     allow_any_mode_pair: bool = False
     progress: bool = True
 
-    def cache_tag(self, mode: str, policy: str = "") -> str:
-        """Cache folder for a mode: anything that changes the vectors beyond the model itself (adaptive:
-        the policy's fingerprint too, since the model fingerprint leaves the policy out)."""
-        if mode in ("disc", "nothink"):
-            return mode
-        tag = f"{mode}-n{self.max_new_tokens}-t{self.temperature}-s{self.sample}"
-        return f"{tag}-p{policy}" if mode == "adaptive" else tag
+    @property
+    def gen(self) -> Generation:
+        return Generation(self.max_new_tokens, self.temperature, self.sample)
 
 
 @dataclass
@@ -75,41 +70,6 @@ def check_modes(embedder: Embedder, s: EvalSettings) -> None:
         )
 
 
-def embed_keys(
-    embedder: Embedder, cache: EmbeddingCache, task: Task, keys: list[str], mode: str, s: EvalSettings
-) -> int:
-    """Embed the keys the cache lacks, in shards (each written as soon as it is done). Returns how many."""
-    import torch
-
-    todo = cache.missing(keys)
-    for start in range(0, len(todo), s.shard_size):
-        chunk = todo[start : start + s.shard_size]
-        if mode != "disc" and (s.temperature or 0) > 0:
-            seed = hashlib.sha256(f"{s.sample}:{chunk[0]}".encode()).hexdigest()  # stable across processes
-            torch.manual_seed(int(seed[:8], 16))
-        out = embedder.encode(
-            [task.items[k] for k in chunk],
-            mode=mode,
-            batch_size=s.batch_size,
-            progress=s.progress,
-            max_new_tokens=s.max_new_tokens,
-            temperature=s.temperature,
-        )
-        info = [
-            {
-                "seconds": out.seconds[i],
-                "gen_tokens": out.gen_tokens[i] if out.gen_tokens else 0,
-                "gen_emb_found": out.gen_emb_found[i] if out.gen_emb_found else None,
-                "reasoned": out.reasoned[i] if out.reasoned else mode in ("gen", "think"),
-            }
-            | ({"action": out.actions[i]} if out.actions else {})
-            | ({"text": out.texts[i]} if out.texts and mode != "nothink" else {})
-            for i in range(len(chunk))
-        ]
-        cache.add(chunk, out.vectors, info)
-    return len(todo)
-
-
 def rank_task(task: Task, q: dict[str, np.ndarray], c: dict[str, np.ndarray]) -> list[tuple[list[str], int]]:
     """Per query row: the top-10 candidate keys (best first) and the rank (1-based) of its best relevant."""
     out = []
@@ -134,16 +94,11 @@ def evaluate_task(
     task: Task, embedder: Embedder, s: EvalSettings, cache_root: Path, fingerprint: str
 ) -> TaskResult:
     t0 = time.perf_counter()
-    policy = embedder.policy_fingerprint() if "adaptive" in (s.qry_mode, s.tgt_mode) else ""
-    qcache = EmbeddingCache(cache_root, fingerprint, s.cache_tag(s.qry_mode, policy))
-    tcache = (
-        qcache
-        if s.tgt_mode == s.qry_mode
-        else EmbeddingCache(cache_root, fingerprint, s.cache_tag(s.tgt_mode, policy))
-    )
+    enc = CachedEncoder(embedder, cache_root, s.batch_size, s.shard_size, s.progress, fingerprint)
     cand = task.candidate_keys()
-    n_now = embed_keys(embedder, qcache, task, task.queries, s.qry_mode, s)
-    n_now += embed_keys(embedder, tcache, task, cand, s.tgt_mode, s)
+    qcache = enc.encode(task.items, task.queries, s.qry_mode, s.gen)
+    tcache = enc.encode(task.items, cand, s.tgt_mode, s.gen)
+    n_now = enc.embedded_now
     q = {k: qcache.vectors[k] for k in task.queries}
     c = {k: tcache.vectors[k] for k in cand}
     per_query, rows = [], []

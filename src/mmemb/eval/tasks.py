@@ -22,12 +22,11 @@ Every problem raises `TaskError` naming the file and row.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cache import content_key
 from ..media import frame_order
 from ..types import InputError, Sample
 from . import hub
@@ -59,25 +58,6 @@ class Task:
         key = content_key(sample)
         self.items.setdefault(key, sample)
         return key
-
-
-_file_digests: dict[tuple[str, int, int], str] = {}
-
-
-def _file_digest(path: Path) -> str:
-    st = path.stat()
-    memo = (str(path), st.st_size, st.st_mtime_ns)
-    if memo not in _file_digests:
-        _file_digests[memo] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return _file_digests[memo]
-
-
-def content_key(sample: Sample) -> str:
-    """A key that changes when anything the model sees changes: text, instruction, media bytes."""
-    h = hashlib.sha256(json.dumps([sample.text, sample.instruction, sample.modality]).encode())
-    for p in sample.media():
-        h.update(_file_digest(Path(p)).encode())
-    return h.hexdigest()[:24]
 
 
 # ---- reading rows -----------------------------------------------------------------------------------------

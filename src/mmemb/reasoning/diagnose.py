@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import content_key
 from ..data.pairs import Pair
 from ..embedder import Embedder
 from ..eval.stats import paired_ci
-from ..eval.tasks import content_key
 from . import candidates as cand_io
 from .format import no_think_completion, parse_rationale, think_completion
 from .scoring import ForcedEmbedder, ScoreSettings, candidate_slots, first_valid, pick_donors

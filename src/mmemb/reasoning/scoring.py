@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import CachedEncoder, completion_key, content_key
 from ..data.pairs import Pair
 from ..embedder import Embedder
-from ..eval.cache import EmbeddingCache
-from ..eval.tasks import content_key
 from ..types import Sample
 from . import scorers
 from .format import no_think_completion, think_completion
@@ -51,34 +50,23 @@ class Scores:
 
 
 class ForcedEmbedder:
-    """Teacher-forced gen embeddings of (sample, completion) items through the embedding cache."""
+    """Teacher-forced gen embeddings of (sample, completion) items through the embedding cache ("forced")."""
 
     def __init__(self, embedder: Embedder, cache_root: Path, settings: ScoreSettings) -> None:
-        self.embedder, self.s = embedder, settings
-        self.cache = EmbeddingCache(cache_root, embedder.fingerprint(), "forced")
-        self.embedded_now = 0
+        self.encoder = CachedEncoder(
+            embedder, cache_root, settings.batch_size, settings.shard_size, settings.progress
+        )
 
-    @staticmethod
-    def key(sample: Sample, completion: str) -> str:
-        return content_key(sample) + "-" + hashlib.sha256(completion.encode()).hexdigest()[:16]
+    @property
+    def embedded_now(self) -> int:
+        return self.encoder.embedded_now
 
     def __call__(self, items: list[tuple[Sample, str]]) -> np.ndarray:
         """(n, D) vectors for the items, embedding only those the cache lacks."""
-        keys = [self.key(s, c) for s, c in items]
-        by_key = dict(zip(keys, items, strict=True))
-        todo = self.cache.missing(keys)
-        for start in range(0, len(todo), self.s.shard_size):
-            chunk = todo[start : start + self.s.shard_size]
-            out = self.embedder.encode(
-                [by_key[k][0] for k in chunk],
-                mode="gen",
-                completions=[by_key[k][1] for k in chunk],
-                batch_size=self.s.batch_size,
-                progress=self.s.progress,
-            )
-            self.cache.add(chunk, out.vectors, [{"seconds": x} for x in out.seconds])
-            self.embedded_now += len(chunk)
-        return self.cache.get(keys)
+        keys = [completion_key(s, c) for s, c in items]
+        samples = {k: s for k, (s, _) in zip(keys, items, strict=True)}
+        completions = {k: c for k, (_, c) in zip(keys, items, strict=True)}
+        return self.encoder.encode(samples, keys, "gen", completions=completions, tag="forced").get(keys)
 
 
 def score_pairs(

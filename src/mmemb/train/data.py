@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import content_key
 from ..config import TokensConfig
 from ..data.pairs import Pair, read_pairs
-from ..eval.tasks import content_key, read_rows
+from ..eval.tasks import read_rows
 from ..reasoning.format import no_think_completion, think_completion
 from ..types import InputError, Sample
 from .config import DataSection, PairsSection

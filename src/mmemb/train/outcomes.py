@@ -20,17 +20,13 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
+from ..cache import CachedEncoder, Generation
 from ..data.pairs import Pair
 from ..embedder import Embedder
-from ..eval.cache import EmbeddingCache
-from ..eval.runner import EvalSettings, embed_keys
-from ..eval.tasks import content_key
 from ..reasoning.scoring import mine_negatives
-from ..types import Sample
 from .rewards import format_reward, ranking_reward
 
 
@@ -54,28 +50,6 @@ class Outcomes:
         return total_reward(format_weight * self.format, self.ranking, cost_, lam)
 
 
-class CachedEncoder:
-    """Embeds samples in a mode through the evaluation cache; returns vectors and the cached info."""
-
-    def __init__(self, embedder: Embedder, cache_root: Path, batch_size: int, progress: bool) -> None:
-        self.embedder, self.cache_root = embedder, Path(cache_root)
-        self.fingerprint = embedder.fingerprint()
-        self.batch_size, self.progress = batch_size, progress
-        self.embedded_now = 0
-
-    def __call__(
-        self, samples: list[Sample], mode: str, max_new_tokens: int | None = None
-    ) -> tuple[np.ndarray, list[dict]]:
-        s = EvalSettings(
-            qry_mode=mode, batch_size=self.batch_size, max_new_tokens=max_new_tokens, progress=self.progress
-        )
-        cache = EmbeddingCache(self.cache_root, self.fingerprint, s.cache_tag(mode))
-        items = {content_key(x): x for x in samples}
-        keys = [content_key(x) for x in samples]
-        self.embedded_now += embed_keys(self.embedder, cache, SimpleNamespace(items=items), keys, mode, s)
-        return cache.get(keys), [cache.info[k] for k in keys]
-
-
 def compute_outcomes(
     embedder: Embedder,
     pairs: list[Pair],
@@ -85,19 +59,21 @@ def compute_outcomes(
     batch_size: int = 16,
     progress: bool = True,
 ) -> Outcomes:
-    enc = CachedEncoder(embedder, cache_root, batch_size, progress)
+    enc = CachedEncoder(embedder, cache_root, batch_size, progress=progress)
     queries = [p.query for p in pairs]
     say = (lambda m: print(f"mmemb train policy: {m}", file=sys.stderr)) if progress else (lambda m: None)
     say(f"outcomes of {len(budgets)} actions for {len(pairs)} queries (cached under {cache_root})")
-    features, _ = enc(queries, "disc")
-    T, _ = enc([p.target for p in pairs], "nothink")  # (N, D)
+    features, _ = enc.samples(queries, "disc")
+    T, _ = enc.samples([p.target for p in pairs], "nothink")  # (N, D)
     vectors, infos = [], []
     for a, cap in enumerate(budgets):
-        v, info = enc(queries, "nothink") if a == 0 else enc(queries, "think", max_new_tokens=cap)
+        v, info = (
+            enc.samples(queries, "nothink") if a == 0 else enc.samples(queries, "think", Generation(cap))
+        )
         vectors.append(v)
         infos.append(info)
     negs, mask = mine_negatives(
-        pairs, T, vectors[0], lambda samples: enc(samples, "nothink")[0], negatives
+        pairs, T, vectors[0], lambda samples: enc.samples(samples, "nothink")[0], negatives
     )  # (N, M, D), (N, M)
     A, N = len(budgets), len(pairs)
     fmt, ranking = np.zeros((A, N)), np.zeros((A, N))

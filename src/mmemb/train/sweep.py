@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..eval.cache import EmbeddingCache
+from ..cache import CachedEncoder
 from ..eval.evaluate import _limit as limit_queries
 from ..eval.evaluate import resolve
-from ..eval.runner import EvalSettings, embed_keys, evaluate_task
+from ..eval.runner import EvalSettings, evaluate_task
 from ..eval.tasks import load_task
 from ..io import atomic_json, atomic_write
 from ..paths import embeddings_dir
@@ -48,8 +48,8 @@ def eval_outcomes(embedder, budgets, tasks, data_root, cache_root, batch_size, l
         for a, cap in enumerate(budgets):
             s = base if a == 0 else replace(base, qry_mode="think", max_new_tokens=cap)
             per_action.append(evaluate_task(task, embedder, s, cache_root, fp).per_query)
-        disc = EmbeddingCache(cache_root, fp, "disc")
-        embed_keys(embedder, disc, task, task.queries, "disc", replace(base, qry_mode="disc"))
+        disc = CachedEncoder(embedder, cache_root, batch_size, progress=progress, fingerprint=fp)
+        disc = disc.encode(task.items, task.queries, "disc")
         for row, q in enumerate(task.queries):
             rows["task"].append(name)
             rows["features"].append(disc.vectors[q])
