@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from mmemb import Embedder
-from mmemb.eval import tasks as tasks_module
+from mmemb.data import tasks as tasks_module
 from mmemb.eval.evaluate import evaluate
 from mmemb.eval.runner import EvalSettings
 

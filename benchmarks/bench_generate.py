@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from mmemb import Embedder
+from mmemb.data.tasks import load_task
 from mmemb.decode import Row, Start, decode
 from mmemb.embedder import sample_tokens
 from mmemb.eval.evaluate import resolve
-from mmemb.eval.tasks import load_task
 
 
 def text_queries(n: int) -> list:

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from mmemb import Embedder
+from mmemb.data.tasks import load_task
 from mmemb.eval.evaluate import resolve
-from mmemb.eval.tasks import load_task
 
 
 def queries(per_task: int) -> list:

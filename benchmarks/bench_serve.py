@@ -42,8 +42,8 @@ from pathlib import Path
 
 import httpx
 
+from mmemb.data.tasks import load_task
 from mmemb.eval.evaluate import resolve
-from mmemb.eval.tasks import load_task
 
 
 def request_items(per_task: int) -> list[dict]:

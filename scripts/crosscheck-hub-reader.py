@@ -1,7 +1,7 @@
 """Cross-check mmemb's hub reader against the `datasets` library on the MMEB-V2 fixture (a dev check, not CI).
 
 For every (repo, config, split) the MMEB-V2 loaders read, it compares the rows `datasets.load_dataset(<snapshot
-folder>, config, split=split)` returns with the rows of `mmemb.eval.hub.data_files` + `read_rows`. `datasets`
+folder>, config, split=split)` returns with the rows of `mmemb.data.hub.data_files` + `read_rows`. `datasets`
 is not an mmemb dependency; install it apart, e.g.
 
     pip install --target /tmp/dslib datasets
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import datasets
 
-from mmemb.eval import hub
-from mmemb.eval.mmeb_v2 import SOURCES
+from mmemb.data import hub
+from mmemb.data.mmeb_v2 import SOURCES
 from mmemb.testing.mmeb_v2_fixture import build
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from mmemb.eval import hub, mmeb_v2
+from mmemb.data import hub, mmeb_v2
 from mmemb.testing.mmeb_v2_fixture import build
 
 

@@ -63,3 +63,12 @@ def test_preprocess_non_square() -> None:
     assert x.min() >= -1.0 and x.max() <= 1.0
     gray = preprocess_images([img.convert("L"), img], size=64)
     assert gray.shape == (2, 3, 64, 64)
+
+
+def test_weights_go_through_the_checksum(monkeypatch) -> None:
+    """The .pth is loaded from the checksum-verified asset path: a file that does not match is refused."""
+    from mmemb.backbones import assets, efficientnet
+
+    monkeypatch.setattr(assets, "EFFNET_SHA256", "0" * 64)
+    with pytest.raises(assets.AssetError, match="sha256|checksum"):
+        efficientnet.load_efficientnet_lite0()

@@ -14,11 +14,11 @@ import pytest
 
 from mmemb import profiles
 from mmemb.config import EmbedderConfig
+from mmemb.data.registry import DatasetInfo
+from mmemb.data.tasks import TaskError, load_beir_task, load_rows_task
 from mmemb.eval import analysis
 from mmemb.eval.evaluate import evaluate, resolve
-from mmemb.eval.registry import DatasetInfo
 from mmemb.eval.runner import EvalSettings, evaluate_task, rank_task
-from mmemb.eval.tasks import TaskError, load_beir_task, load_rows_task
 from mmemb.types import Embeddings, InputError
 
 from .conftest import write_image
@@ -350,7 +350,7 @@ def test_analysis_functions_by_hand():
 def test_frames_are_read_in_vlm2vec_order_and_sampled_at_its_indices(tmp_path):
     """VLM2Vec sorts frame files naturally and samples np.linspace(0, n-1, N, dtype=int): for frame1..frame10
     and 8 frames that is indices 0,1,2,3,5,6,7,9 (hand-computed: 9*k/7 truncated), i.e. frame1..4, 6..8, 10."""
-    from mmemb.eval.tasks import _frames
+    from mmemb.data.tasks import frame_folder
     from mmemb.media import sample_frames
 
     folder = tmp_path / "clip"
@@ -358,7 +358,7 @@ def test_frames_are_read_in_vlm2vec_order_and_sampled_at_its_indices(tmp_path):
     for i in range(1, 11):
         (folder / f"frame{i}.jpg").write_bytes(b"")
     (folder / "notes.txt").write_text("not a frame")
-    frames = _frames(tmp_path, "clip", "MSR-VTT row 0")
+    frames = frame_folder(tmp_path, "clip", "MSR-VTT row 0")
     assert [p.name for p in frames] == [f"frame{i}.jpg" for i in range(1, 11)]  # plain sorted(): frame10 2nd
     picked = [p.name for p in sample_frames(frames, 8)]
     assert picked == [f"frame{i}.jpg" for i in (1, 2, 3, 4, 6, 7, 8, 10)]

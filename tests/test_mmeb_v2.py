@@ -19,10 +19,10 @@ import pytest
 
 from mmemb import profiles
 from mmemb.config import EmbedderConfig
-from mmemb.eval import hub, mmeb_v2
+from mmemb.data import hub, mmeb_v2
+from mmemb.data.tasks import TaskError
 from mmemb.eval.evaluate import evaluate, resolve
 from mmemb.eval.runner import EvalSettings
-from mmemb.eval.tasks import TaskError
 from mmemb.testing import mmeb_v2_fixture as fixture
 from mmemb.types import Embeddings, InputError
 

@@ -13,8 +13,8 @@ import pytest
 from mmemb.cache import content_key
 from mmemb.data import pairs as pairs_mod
 from mmemb.data.pairs import Pair, dataset_fingerprint, read_pairs, ume_rationales
-from mmemb.eval.registry import suite
-from mmemb.eval.tasks import load_task
+from mmemb.data.registry import suite
+from mmemb.data.tasks import load_task
 from mmemb.types import InputError
 
 from .conftest import write_image

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mmemb.eval.registry import META_TASKS, MMEB_V2, MODALITIES, DatasetInfo, meta_task_order, suite
+from mmemb.data.registry import META_TASKS, MMEB_V2, MODALITIES, DatasetInfo, meta_task_order, suite
 from mmemb.eval.report import ScoreFileError, format_report, load_scores, summarize, write_scores
 
 from .conftest import PUBLISHED_SCORES, needs_shared

@@ -477,8 +477,8 @@ def _load_args(args: argparse.Namespace) -> dict:
 
 def cmd_check_mmeb_v2(args: argparse.Namespace) -> int:
     """Print one line per dataset; exit 0 when every requested dataset is present, 1 otherwise."""
+    from .data.mmeb_v2 import check
     from .eval.evaluate import resolve
-    from .eval.mmeb_v2 import check
 
     st = resolve(args.tasks, args.data_root, args.hub_cache)
     statuses = check(list(st.datasets), st.where)

@@ -21,7 +21,7 @@ from .types import InputError
 CONFIG_VERSION = 1
 
 
-def _f(default: Any, help: str) -> Any:
+def setting(default: Any, help: str) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata={"help": help})
     return field(default=default, metadata={"help": help})
@@ -29,35 +29,39 @@ def _f(default: Any, help: str) -> Any:
 
 @dataclass
 class BackboneConfig:
-    kind: str = _f("nano", "Backbone implementation: 'nano' (embedded default) or 'hf' (Qwen-VL family).")
-    source: str = _f("", "hf: hub id or local folder of an image-text-to-text model. nano: unused.")
-    family: str = _f(
+    kind: str = setting(
+        "nano", "Backbone implementation: 'nano' (embedded default) or 'hf' (Qwen-VL family)."
+    )
+    source: str = setting("", "hf: hub id or local folder of an image-text-to-text model. nano: unused.")
+    family: str = setting(
         "", "hf: model family (qwen2_vl, qwen2_5_vl, qwen3_vl); read from the model config if empty."
     )
-    dtype: str = _f(
+    dtype: str = setting(
         "auto",
         "Compute dtype: auto | float32 | bfloat16 | float16. auto = bfloat16 where the hardware has it (a CUDA "
         "GPU with bf16, a CPU with avx512_bf16 or AMX), else float32; printed when the model loads. Training "
         "keeps float32 master weights (precision.py).",
     )
-    max_length: int = _f(2048, "Longest prompt in tokens (text + visual tokens); longer inputs are an error.")
-    num_frames: int = _f(8, "Video: frames sampled evenly per clip, first to last (VLM2Vec's indices).")
-    max_image_pixels: int = _f(
+    max_length: int = setting(
+        2048, "Longest prompt in tokens (text + visual tokens); longer inputs are an error."
+    )
+    num_frames: int = setting(8, "Video: frames sampled evenly per clip, first to last (VLM2Vec's indices).")
+    max_image_pixels: int = setting(
         40_000_000, "Refuse images with more pixels than this (decompression-bomb guard)."
     )
     # nano only
-    visual_tokens: int = _f(
+    visual_tokens: int = setting(
         4, "nano: visual tokens per image (a square number: the 7x7 map is pooled to it)."
     )
-    image_size: int = _f(224, "nano: vision encoder input size.")
-    lora_r: int = _f(8, "nano: LoRA rank on the language model's attention projections (0 = no LoRA).")
-    lora_alpha: int = _f(16, "nano: LoRA alpha.")
-    lora_targets: list = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "nano: LoRA target module names.")
-    seed: int = _f(0, "nano: seed for the projector's initialisation.")
+    image_size: int = setting(224, "nano: vision encoder input size.")
+    lora_r: int = setting(8, "nano: LoRA rank on the language model's attention projections (0 = no LoRA).")
+    lora_alpha: int = setting(16, "nano: LoRA alpha.")
+    lora_targets: list = setting(["q_proj", "k_proj", "v_proj", "o_proj"], "nano: LoRA target module names.")
+    seed: int = setting(0, "nano: seed for the projector's initialisation.")
     # hf only
-    min_pixels: int = _f(0, "hf: image processor min_pixels (0 = the processor's own default).")
-    max_pixels: int = _f(0, "hf: image processor max_pixels (0 = the processor's own default).")
-    base: str = _f(
+    min_pixels: int = setting(0, "hf: image processor min_pixels (0 = the processor's own default).")
+    max_pixels: int = setting(0, "hf: image processor max_pixels (0 = the processor's own default).")
+    base: str = setting(
         "",
         "hf: when `source` is a PEFT adapter folder (adapter_config.json), the base model to load it on "
         "(hub id or folder; default: the adapter's base_model_name_or_path). The adapter is merged at load.",
@@ -66,13 +70,15 @@ class BackboneConfig:
 
 @dataclass
 class TokensConfig:
-    disc_emb: str = _f("<disc_emb>", "Ends the prompt; the disc embedding is the hidden state here.")
-    gen_emb: str = _f("<gen_emb>", "Ends generation; the gen embedding is the hidden state when it is fed.")
-    think_open: str = _f("<think>", "Opens the reasoning.")
-    think_close: str = _f("</think>", "Closes the reasoning.")
-    answer_open: str = _f("<answer>", "Opens the summary.")
-    answer_close: str = _f("</answer>", "Closes the summary; `<gen_emb>` is forced right after it.")
-    no_think: str = _f("<no_think>", "First generated token when the model chooses not to reason.")
+    disc_emb: str = setting("<disc_emb>", "Ends the prompt; the disc embedding is the hidden state here.")
+    gen_emb: str = setting(
+        "<gen_emb>", "Ends generation; the gen embedding is the hidden state when it is fed."
+    )
+    think_open: str = setting("<think>", "Opens the reasoning.")
+    think_close: str = setting("</think>", "Closes the reasoning.")
+    answer_open: str = setting("<answer>", "Opens the summary.")
+    answer_close: str = setting("</answer>", "Closes the summary; `<gen_emb>` is forced right after it.")
+    no_think: str = setting("<no_think>", "First generated token when the model chooses not to reason.")
 
     def all(self) -> list[str]:
         return [getattr(self, f.name) for f in dataclasses.fields(self)]
@@ -80,26 +86,26 @@ class TokensConfig:
 
 @dataclass
 class PromptConfig:
-    template: str = _f(
+    template: str = setting(
         "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{media}{instruction}{text}<|im_end|>\n"
         "<|im_start|>assistant\n{disc_emb}",
         "Prompt layout (ChatML). It must end with {disc_emb}: disc is read there and generation goes on "
         "from the same prefill.",
     )
-    system: str = _f(
+    system: str = setting(
         "Embed the input. To reason first, think in <think></think> and summarise in <answer></answer>.",
         "System message (short: it is paid for on every input).",
     )
-    default_instruction: str = _f("", "Instruction used when an item has none.")
-    instruction_sep: str = _f("\n", "Put between the instruction and the text when both are present.")
+    default_instruction: str = setting("", "Instruction used when an item has none.")
+    instruction_sep: str = setting("\n", "Put between the instruction and the text when both are present.")
 
 
 @dataclass
 class GenerationConfig:
-    max_new_tokens: int = _f(64, "gen: most tokens generated before the embedding is read.")
-    temperature: float = _f(0.0, "gen: 0 = greedy (deterministic embeddings); > 0 samples.")
-    top_p: float = _f(1.0, "gen: nucleus sampling threshold when temperature > 0.")
-    guard: bool = _f(
+    max_new_tokens: int = setting(64, "gen: most tokens generated before the embedding is read.")
+    temperature: float = setting(0.0, "gen: 0 = greedy (deterministic embeddings); > 0 samples.")
+    top_p: float = setting(1.0, "gen: nucleus sampling threshold when temperature > 0.")
+    guard: bool = setting(
         False,
         "think: keep a reasoning row in the format <think>…</think><answer>…</answer><gen_emb> (decode.py): "
         "a stop or misplaced tag closes the current part, and the budget leaves room to close both.",
@@ -108,14 +114,14 @@ class GenerationConfig:
 
 @dataclass
 class PolicyConfig:
-    budgets: list = _f(
+    budgets: list = setting(
         [0, 64],
         "adaptive: the policy's actions as reasoning-token caps. The first is 0 (no reasoning: "
         "<no_think><gen_emb>); the others reason with at most that many generated tokens. [0, 64] is "
         "MMEmb-R1's binary decision; [0, 24, 64] adds a short budget.",
     )
-    temperature: float = _f(0.0, "adaptive: 0 = take the most likely action; > 0 samples the action.")
-    trained: str = _f(
+    temperature: float = setting(0.0, "adaptive: 0 = take the most likely action; > 0 samples the action.")
+    trained: str = setting(
         "", "How the head was made: empty = untrained (the LM's own choice), else the policy run's settings."
     )
 
@@ -139,7 +145,7 @@ class PolicyConfig:
 
 @dataclass
 class EmbedderConfig:
-    version: int = _f(CONFIG_VERSION, "Config format version.")
+    version: int = setting(CONFIG_VERSION, "Config format version.")
     backbone: BackboneConfig = field(default_factory=BackboneConfig, metadata={"help": "Backbone settings."})
     tokens: TokensConfig = field(default_factory=TokensConfig, metadata={"help": "Special tokens."})
     prompt: PromptConfig = field(default_factory=PromptConfig, metadata={"help": "Prompt templates."})
@@ -148,16 +154,16 @@ class EmbedderConfig:
         default_factory=PolicyConfig,
         metadata={"help": "Adaptive mode: the actions the policy head picks from."},
     )
-    profile: str = _f(
+    profile: str = setting(
         "mmemb",
         "How the model embeds (profiles.py): 'mmemb' (this prompt config, mmemb's tokens) or a published "
         "family's own rules: 'ume-r1', 'vlm2vec-v2', 'qwen3-vl-embedding'.",
     )
-    pooling: str = _f(
+    pooling: str = setting(
         "token", "Where vectors are read: 'token' = last-layer state at <disc_emb> / <gen_emb>."
     )
-    normalize: bool = _f(True, "L2-normalise vectors.")
-    valid_mode_pairs: list = _f(
+    normalize: bool = setting(True, "L2-normalise vectors.")
+    valid_mode_pairs: list = setting(
         [["disc", "disc"], ["gen", "gen"]],
         "Query/target pairs of vector spaces that are comparable: 'disc' (disc mode) and 'gen' (gen, think, "
         "nothink, adaptive: every mode read at <gen_emb>). A cross-mode training term adds more.",

@@ -73,7 +73,7 @@ class Running:
         used = torch.nonzero(s.attention_mask.any(0)).flatten()
         lead = int(used[0]) if len(used) else 0  # left columns that are padding in every remaining row
         s.attention_mask = s.attention_mask[:, lead:]
-        for layer in _layers(s.cache):
+        for layer in cache_layers(s.cache):
             layer.keys, layer.values = layer.keys[idx, :, lead:], layer.values[idx, :, lead:]
 
     def merge(self, other: Running) -> None:
@@ -82,7 +82,7 @@ class Running:
         T = max(a.attention_mask.shape[1], b.attention_mask.shape[1])
         a.attention_mask = torch.cat([_left_pad(a.attention_mask, T), _left_pad(b.attention_mask, T)])
         a.next_pos = torch.cat([a.next_pos, b.next_pos])
-        for la, lb in zip(_layers(a.cache), _layers(b.cache), strict=True):
+        for la, lb in zip(cache_layers(a.cache), cache_layers(b.cache), strict=True):
             la.keys = torch.cat([_left_pad(la.keys, T, dim=2), _left_pad(lb.keys, T, dim=2)])
             la.values = torch.cat([_left_pad(la.values, T, dim=2), _left_pad(lb.values, T, dim=2)])
         self.rows += other.rows
@@ -117,7 +117,7 @@ def _guard(tok: torch.Tensor, rows: list[Row], ids: dict[str, int], stop_ids: to
     return out
 
 
-def _layers(cache) -> list:
+def cache_layers(cache) -> list:
     """The per-layer key/value holders of a transformers DynamicCache."""
     layers = getattr(cache, "layers", None)
     if layers is None or any(type(lay).__name__ != "DynamicLayer" for lay in layers):
@@ -143,7 +143,7 @@ def _crop(state: DecodeState, n: int) -> None:
         return
     state.attention_mask = state.attention_mask[:, :-n]
     state.next_pos = state.next_pos - n
-    for layer in _layers(state.cache):
+    for layer in cache_layers(state.cache):
         layer.keys, layer.values = layer.keys[:, :, :-n], layer.values[:, :, :-n]
 
 

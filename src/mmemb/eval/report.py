@@ -29,10 +29,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..data.registry import MODALITIES, DatasetInfo, meta_task_order, suite_from_tasks
+from ..data.registry import suite as registry_suite
 from ..io import atomic_write
 from ..types import InputError
-from .registry import MODALITIES, DatasetInfo, meta_task_order, suite_from_tasks
-from .registry import suite as registry_suite
 
 DEFAULT_SUITE = "mmeb-v2"
 STATUS_MARKERS = frozenset({"FILE_N/A", "DIR_N/A", "JSON_ERROR", "READ_ERROR"})  # VLM2Vec report_score_v2.py

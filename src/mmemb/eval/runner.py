@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import CachedEncoder, Generation
+from ..data.tasks import Task
 from ..embedder import Embedder
 from ..types import MODES, InputError, mode_space
 from .metrics import aggregate, query_metrics
-from .tasks import Task
 
 TOP = 10  # metrics are taken at k <= 10
 

@@ -22,8 +22,8 @@ from typing import Protocol
 
 import torch
 
+from ..data.tasks import read_rows
 from ..embedder import sample_tokens
-from ..eval.tasks import read_rows
 from ..types import InputError, Sample
 
 

@@ -183,7 +183,7 @@ def _image(media: Path) -> Repo:
         for q, c in [("the left cat", ["left cat", "right dog"]), ("the dog", ["left cat", "right dog"])]
     ]  # fmt: skip
     schema = _schema(**IMAGE_SCHEMA)
-    from ..eval.mmeb_v2 import SOURCES
+    from ..data.mmeb_v2 import SOURCES
 
     names = [
         s.name for s in SOURCES.values() if s.repo == "ziyjiang/MMEB_Test_Instruct"
@@ -334,7 +334,7 @@ def _qa(media: Path) -> list[Repo]:
         ],
         _schema(video_idx="str", question_idx="str", question="str", answer="str", option="strs"),
     ).parquet("MC/test-00000-of-00001.parquet", [], _schema(video_idx="str"))  # fmt: skip
-    from ..eval.mmeb_v2 import MVBENCH_SUBSETS
+    from ..data.mmeb_v2 import MVBENCH_SUBSETS
 
     mvb = Repo("VLM2Vec/MVBench", [(s, "train", f"json/{s}.json") for s in MVBENCH_SUBSETS])
     mv_rows = {
@@ -421,7 +421,7 @@ def _visdoc(media: Path) -> list[Repo]:
     vr.parquet("qrels/train-00000-of-00001.parquet",
                [{"query-id": "q-long", "corpus-id": VISRAG_LONG, "score": 1}, {"query-id": "q-b", "corpus-id": VISRAG_LONG, "score": 1}],
                _schema(**{"query-id": "str", "corpus-id": "str", "score": "int"}))  # fmt: skip
-    from ..eval.mmeb_v2 import SOURCES, page_file
+    from ..data.mmeb_v2 import SOURCES, page_file
 
     on_disk = media / "visdoc-tasks" / "VisRAG_ArxivQA" / page_file(SOURCES["VisRAG_ArxivQA"], VISRAG_LONG)
     on_disk.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import BackboneConfig, _f, from_dict
+from ..config import BackboneConfig, from_dict, setting
 from ..io import atomic_write
 from ..types import InputError
 
@@ -49,7 +49,9 @@ def _yaml(text: str):
 
 @dataclass
 class ModelSection:
-    init: str = _f("nano", "Start from: 'nano', a Qwen-VL folder or hub id (hf), or a folder saved by mmemb.")
+    init: str = setting(
+        "nano", "Start from: 'nano', a Qwen-VL folder or hub id (hf), or a folder saved by mmemb."
+    )
     backbone: BackboneConfig = field(
         default_factory=BackboneConfig,
         metadata={
@@ -62,75 +64,83 @@ class ModelSection:
 class PairsSection:
     """Where training pairs come from (`data.pairs.read_pairs`); both stages share these keys."""
 
-    source: str = _f(
+    source: str = setting(
         "mmeb-mini", "Training pairs: mmeb-mini, a mini-layout folder, MMEB-train rows, UME-R1 SFT JSON."
     )
-    split: str = _f("train", "Split of a mini-layout source.")
-    tasks: list = _f([], "Task names to keep (empty: all).")
-    limit_per_task: int = _f(0, "At most this many pairs per task (0: all).")
-    media_root: str = _f("", "Media folder for MMEB-train / UME-R1 files (default: the file's folder).")
+    split: str = setting("train", "Split of a mini-layout source.")
+    tasks: list = setting([], "Task names to keep (empty: all).")
+    limit_per_task: int = setting(0, "At most this many pairs per task (0: all).")
+    media_root: str = setting("", "Media folder for MMEB-train / UME-R1 files (default: the file's folder).")
 
 
 @dataclass
 class DataSection(PairsSection):
-    selection: str = _f("", "selection.jsonl from `mmemb reason select` (variant 'selected').")
-    candidates: str = _f("", "Candidates file from `mmemb reason generate` (variant 'all').")
-    variant: str = _f(
+    selection: str = setting("", "selection.jsonl from `mmemb reason select` (variant 'selected').")
+    candidates: str = setting("", "Candidates file from `mmemb reason generate` (variant 'all').")
+    variant: str = setting(
         "selected",
         "Reasoning ablation: 'none' (no reasoning: every pair trains the no-think completion), 'all' (every "
         "valid candidate, no selection), 'selected' (the selection's rationale; no-think pairs train no-think).",
     )
-    hard_negatives: int = _f(0, "Hard negatives per pair taken from the data (0: in-batch negatives only).")
+    hard_negatives: int = setting(
+        0, "Hard negatives per pair taken from the data (0: in-batch negatives only)."
+    )
 
 
 @dataclass
 class LossSection:
-    temperature: float = _f(0.02, "InfoNCE temperature (UME-R1 and VLM2Vec: 0.02).")
-    disc: float = _f(1.0, "Weight of the symmetric InfoNCE on disc embeddings.")
-    gen: float = _f(1.0, "Weight of the symmetric InfoNCE on gen embeddings (read at <gen_emb>).")
-    lm: float = _f(1.0, "Weight of the next-token loss on the completion tokens (rationale or no-think).")
-    cross_mode: float = _f(0.0, "Weight of an InfoNCE between gen queries and disc targets (shared space).")
-    symmetric: bool = _f(True, "InfoNCE in both directions (query->target and target->query).")
+    temperature: float = setting(0.02, "InfoNCE temperature (UME-R1 and VLM2Vec: 0.02).")
+    disc: float = setting(1.0, "Weight of the symmetric InfoNCE on disc embeddings.")
+    gen: float = setting(1.0, "Weight of the symmetric InfoNCE on gen embeddings (read at <gen_emb>).")
+    lm: float = setting(
+        1.0, "Weight of the next-token loss on the completion tokens (rationale or no-think)."
+    )
+    cross_mode: float = setting(
+        0.0, "Weight of an InfoNCE between gen queries and disc targets (shared space)."
+    )
+    symmetric: bool = setting(True, "InfoNCE in both directions (query->target and target->query).")
 
 
 @dataclass
 class OptimSection:
-    lr: float = _f(1e-4, "Peak learning rate (AdamW).")
-    weight_decay: float = _f(0.0, "AdamW weight decay.")
-    warmup_ratio: float = _f(0.03, "Share of steps with linear warm-up.")
-    scheduler: str = _f("cosine", "Learning-rate schedule after warm-up: cosine | linear | constant.")
-    max_grad_norm: float = _f(1.0, "Clip the gradient norm to this (0: no clipping).")
+    lr: float = setting(1e-4, "Peak learning rate (AdamW).")
+    weight_decay: float = setting(0.0, "AdamW weight decay.")
+    warmup_ratio: float = setting(0.03, "Share of steps with linear warm-up.")
+    scheduler: str = setting("cosine", "Learning-rate schedule after warm-up: cosine | linear | constant.")
+    max_grad_norm: float = setting(1.0, "Clip the gradient norm to this (0: no clipping).")
 
 
 @dataclass
 class BatchSection:
-    size: int = _f(32, "Contrastive batch per device: the pairs whose embeddings meet in one InfoNCE.")
-    chunk: int = _f(
+    size: int = setting(32, "Contrastive batch per device: the pairs whose embeddings meet in one InfoNCE.")
+    chunk: int = setting(
         8, "GradCache sub-batch (memory is that of one chunk); 0 = no GradCache (whole batch at once)."
     )
-    accumulation: int = _f(1, "Optimizer step every this many contrastive batches.")
+    accumulation: int = setting(1, "Optimizer step every this many contrastive batches.")
 
 
 @dataclass
 class RunSection:
-    output: str = _f("runs/train/stage1", "Output folder: checkpoints/, final/, tensorboard/, config.yaml.")
-    max_steps: int = _f(200, "Optimizer steps.")
-    save_every: int = _f(50, "Checkpoint every this many steps (and at the end).")
-    keep_checkpoints: int = _f(2, "Keep only the newest this many checkpoints.")
-    log_every: int = _f(5, "Console and TensorBoard logging interval in steps.")
-    seed: int = _f(0, "Seed for data order, dropout and sampling.")
-    mixed_precision: str = _f(
+    output: str = setting(
+        "runs/train/stage1", "Output folder: checkpoints/, final/, tensorboard/, config.yaml."
+    )
+    max_steps: int = setting(200, "Optimizer steps.")
+    save_every: int = setting(50, "Checkpoint every this many steps (and at the end).")
+    keep_checkpoints: int = setting(2, "Keep only the newest this many checkpoints.")
+    log_every: int = setting(5, "Console and TensorBoard logging interval in steps.")
+    seed: int = setting(0, "Seed for data order, dropout and sampling.")
+    mixed_precision: str = setting(
         "auto",
         "Autocast precision of the training forward: auto (the model's backbone.dtype, resolved on this "
         "hardware) | no | bf16 | fp16. Trainable weights and AdamW state stay float32.",
     )
-    tensorboard: bool = _f(True, "Write TensorBoard scalars under output/tensorboard.")
-    strategy: str = _f(
+    tensorboard: bool = setting(True, "Write TensorBoard scalars under output/tensorboard.")
+    strategy: str = setting(
         "ddp",
         "How processes share the model: 'ddp' (one process, or data-parallel replicas), 'fsdp' (parameters, "
         "gradients and optimizer moments sharded with torch FSDP2), 'deepspeed' (ZeRO, per run.deepspeed_config).",
     )
-    deepspeed_config: str = _f(
+    deepspeed_config: str = setting(
         "",
         "DeepSpeed JSON config for run.strategy=deepspeed (empty: ZeRO stage 2); batch and precision come "
         "from this config's batch and run sections.",
@@ -154,22 +164,24 @@ class TrainConfig(_Tree):
 
 @dataclass
 class PolicyDataSection(PairsSection):
-    selection: str = _f(
+    selection: str = setting(
         "", "selection.jsonl from `mmemb reason select`: its think/no-think labels are the cold start."
     )
-    negatives: int = _f(
+    negatives: int = setting(
         15, "Candidates besides the target a rollout is ranked against (the pair's own, then mined)."
     )
 
 
 @dataclass
 class PolicySection:
-    budgets: list = _f([0, 64], "Actions as reasoning-token caps: 0 = no reasoning, then increasing caps.")
-    lam: float = _f(0.0, "λ: the price of reasoning, subtracted from the reward per unit of cost.")
-    cost: str = _f("call", "Unit of cost: 'call' (1 per invocation) or 'token' (per generated token).")
-    group: int = _f(8, "G: rollouts per query; advantages are normalised within each group.")
-    temperature: float = _f(1.0, "Sampling temperature of the action during rollouts.")
-    format_weight: float = _f(
+    budgets: list = setting(
+        [0, 64], "Actions as reasoning-token caps: 0 = no reasoning, then increasing caps."
+    )
+    lam: float = setting(0.0, "λ: the price of reasoning, subtracted from the reward per unit of cost.")
+    cost: str = setting("call", "Unit of cost: 'call' (1 per invocation) or 'token' (per generated token).")
+    group: int = setting(8, "G: rollouts per query; advantages are normalised within each group.")
+    temperature: float = setting(1.0, "Sampling temperature of the action during rollouts.")
+    format_weight: float = setting(
         1.0,
         "Weight of the format reward (UME-R1: 1). The policy does not train the text, so this is a fixed "
         "penalty on malformed reasoning; 0 judges reasoning by retrieval alone.",
@@ -178,24 +190,28 @@ class PolicySection:
 
 @dataclass
 class PolicyOptimSection:
-    lr: float = _f(1e-2, "Adam learning rate of the policy head.")
-    steps: int = _f(300, "GRPO steps (one batch of queries, G rollouts each, per step).")
-    batch: int = _f(32, "Queries per step.")
-    updates: int = _f(2, "Optimisation passes over each batch of rollouts (μ; > 1 makes the clip matter).")
-    eps_low: float = _f(0.2, "Lower clip of the probability ratio.")
-    eps_high: float = _f(0.28, "Upper clip (clip-higher, as UME-R1).")
-    beta: float = _f(0.04, "Weight of the k3 KL to the reference (the cold-start policy).")
-    cold_start_steps: int = _f(100, "Cross-entropy steps on the selection's labels first (0: none).")
-    cold_start_lr: float = _f(1e-2, "Adam learning rate of the cold start.")
+    lr: float = setting(1e-2, "Adam learning rate of the policy head.")
+    steps: int = setting(300, "GRPO steps (one batch of queries, G rollouts each, per step).")
+    batch: int = setting(32, "Queries per step.")
+    updates: int = setting(
+        2, "Optimisation passes over each batch of rollouts (μ; > 1 makes the clip matter)."
+    )
+    eps_low: float = setting(0.2, "Lower clip of the probability ratio.")
+    eps_high: float = setting(0.28, "Upper clip (clip-higher, as UME-R1).")
+    beta: float = setting(0.04, "Weight of the k3 KL to the reference (the cold-start policy).")
+    cold_start_steps: int = setting(100, "Cross-entropy steps on the selection's labels first (0: none).")
+    cold_start_lr: float = setting(1e-2, "Adam learning rate of the cold start.")
 
 
 @dataclass
 class PolicyRunSection:
-    output: str = _f("runs/train/policy", "Output folder: final/ (the embedder + policy), log.jsonl, ...")
-    seed: int = _f(0, "Seed for the order of queries and the sampled actions.")
-    log_every: int = _f(25, "Console and TensorBoard logging interval in steps.")
-    tensorboard: bool = _f(True, "Write TensorBoard scalars under output/tensorboard.")
-    batch_size: int = _f(16, "Embedding batch when computing the rollouts' outcomes.")
+    output: str = setting(
+        "runs/train/policy", "Output folder: final/ (the embedder + policy), log.jsonl, ..."
+    )
+    seed: int = setting(0, "Seed for the order of queries and the sampled actions.")
+    log_every: int = setting(25, "Console and TensorBoard logging interval in steps.")
+    tensorboard: bool = setting(True, "Write TensorBoard scalars under output/tensorboard.")
+    batch_size: int = setting(16, "Embedding batch when computing the rollouts' outcomes.")
 
 
 @dataclass

@@ -24,7 +24,7 @@ import numpy as np
 from ..cache import content_key
 from ..config import TokensConfig
 from ..data.pairs import Pair, read_pairs
-from ..eval.tasks import read_rows
+from ..data.tasks import read_rows
 from ..reasoning.format import no_think_completion, think_completion
 from ..types import InputError, Sample
 from .config import DataSection, PairsSection

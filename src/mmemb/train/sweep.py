@@ -24,10 +24,9 @@ import numpy as np
 import torch
 
 from ..cache import CachedEncoder
-from ..eval.evaluate import _limit as limit_queries
+from ..data.tasks import load_task
 from ..eval.evaluate import resolve
 from ..eval.runner import EvalSettings, evaluate_task
-from ..eval.tasks import load_task
 from ..io import atomic_json, atomic_write
 from ..paths import embeddings_dir
 from .config import PolicyTrainConfig, save_train_config
@@ -43,7 +42,7 @@ def eval_outcomes(embedder, budgets, tasks, data_root, cache_root, batch_size, l
     for name, info in st.datasets.items():
         task = load_task(info, st.root, "test", st.formats[name])
         if limit:
-            limit_queries(task, limit)
+            task.limit(limit)
         per_action = []
         for a, cap in enumerate(budgets):
             s = base if a == 0 else replace(base, qry_mode="think", max_new_tokens=cap)

@@ -54,6 +54,12 @@ class Task:
             return self.corpus
         return list(dict.fromkeys(k for row in self.local for k in row))
 
+    def limit(self, n: int) -> None:
+        """Keep the first n queries (smoke runs); global corpora are kept whole so ranks stay comparable."""
+        self.queries, self.relevance = self.queries[:n], self.relevance[:n]
+        if self.local is not None:
+            self.local = self.local[:n]
+
     def add(self, sample: Sample) -> str:
         key = content_key(sample)
         self.items.setdefault(key, sample)
@@ -80,7 +86,7 @@ def clean_instruction(text: str | None) -> str | None:
     return text.replace("<|image_1|>", "").strip() or None
 
 
-def _frames(root: Path, folder: str, where: str) -> tuple[Path, ...]:
+def frame_folder(root: Path, folder: str, where: str) -> tuple[Path, ...]:
     path = root / folder
     frames = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS] if path.is_dir() else []
     frames.sort(key=lambda p: frame_order(p.name))  # VLM2Vec's natural order: frame_9 before frame_10
@@ -89,7 +95,7 @@ def _frames(root: Path, folder: str, where: str) -> tuple[Path, ...]:
     return tuple(frames)
 
 
-def _media(root: Path, rel: str, where: str) -> Path:
+def media_file(root: Path, rel: str, where: str) -> Path:
     path = root / rel
     if not path.is_file():
         raise TaskError(f"{where}: file {rel!r} not found (looked for {path})")
@@ -102,8 +108,8 @@ def _sample(root: Path, where: str, text, inst, image="", video="") -> Sample:
             id=where,
             text=text or None,
             instruction=clean_instruction(inst),
-            image=_media(root, image, where) if image else None,
-            frames=_frames(root, video, where) if video else (),
+            image=media_file(root, image, where) if image else None,
+            frames=frame_folder(root, video, where) if video else (),
         )
     except InputError as e:
         raise TaskError(f"{where}: {e}") from None
@@ -119,8 +125,8 @@ def parse_row(info: DatasetInfo, root: Path, where: str, row: dict) -> tuple[Sam
         row.get("qry_img_path") or "",
         row.get("qry_video_path") or "",
     )
-    texts, images = _as_list(row.get("tgt_text")), _as_list(row.get("tgt_img_path"))
-    videos = _as_list(row.get("tgt_video_path"))
+    texts, images = as_list(row.get("tgt_text")), as_list(row.get("tgt_img_path"))
+    videos = as_list(row.get("tgt_video_path"))
     n = max(len(texts), len(images), len(videos))
     if n == 0 or not ((texts[:1] and texts[0]) or (images[:1] and images[0]) or (videos[:1] and videos[0])):
         raise TaskError(
@@ -163,7 +169,7 @@ def load_rows_task(info: DatasetInfo, root: Path, split: str = "test") -> Task:
     return task
 
 
-def _as_list(value) -> list:
+def as_list(value) -> list:
     if value is None:
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
@@ -198,7 +204,7 @@ def read_beir(info: DatasetInfo, root: Path, split: str) -> Beir:
             id=doc_id,
             text=row.get("text") or None,
             instruction=clean_instruction(info.tgt_instruction),
-            pages=(_media(root, page, where),) if page else (),
+            pages=(media_file(root, page, where),) if page else (),
         )
     queries: dict[str, Sample] = {}
     rows: dict[str, dict] = {}

@@ -25,7 +25,7 @@ Notes on what was read there:
     - MomentSeeker: the parser has three query instructions (text / text+image / text+video queries). The
       pinned commit keeps only text queries (``input_frames == ""``); the layout commit (6e1e1d4), whose
       hub repo VLM2Vec/MomentSeeker mmemb reads, keeps all rows and picks the instruction per row
-      (eval/mmeb_v2.py does the same). The text one is recorded here. ``MomentSeeker_1k8`` is not one of
+      (data/mmeb_v2.py does the same). The text one is recorded here. ``MomentSeeker_1k8`` is not one of
       the 78.
     - vidore parser (ViDoRe v1/v2, ViDoSeek, MMLongBench): at the pinned commit its two instructions are
       commented out ("ColPali models use no prompts") and set to ""; the same file's later version and the
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 VLM2VEC_SOURCE = "TIGER-AI-Lab/VLM2Vec@6ac33bb7e3049a0054a5952090f02ee5348fc4ed"
-# Hub ids, media folders, parsers and label lists of the real download (eval/mmeb_v2.py) were read at:
+# Hub ids, media folders, parsers and label lists of the real download (data/mmeb_v2.py) were read at:
 VLM2VEC_LAYOUT_SOURCE = "TIGER-AI-Lab/VLM2Vec@6e1e1d42d4cba85ae4db4d3f7a25cba2465d1e16"
 
 MODALITIES: tuple[str, ...] = ("image", "video", "visdoc")

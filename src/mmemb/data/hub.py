@@ -39,7 +39,7 @@ _SPLIT_WORDS = {
 
 class TaskError(InputError):
     """A dataset's files are missing or malformed (names the file and row). Defined here, the lowest layer
-    that reads dataset files; eval/tasks.py re-exports it."""
+    that reads dataset files; data/tasks.py re-exports it."""
 
 
 class HubError(TaskError):
