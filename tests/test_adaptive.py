@@ -161,7 +161,7 @@ def test_embed_cli_adaptive_says_what_each_item_did(tiny, tmp_path, capsys):
     src = tmp_path / "in.jsonl"
     src.write_text("".join(f'{{"id": "q{i}", "text": "query {i}"}}\n' for i in range(8)))
     out = tmp_path / "v.npy"
-    args = ["embed", "--model", str(tmp_path / "m"), "--input", str(src), "--output", str(out), "--quiet"]
+    args = ["embed", "--model", str(tmp_path / "m"), "--input", str(src), "--out", str(out), "--quiet"]
     assert main([*args, "--mode", "adaptive"]) == 0
     rows = [json.loads(line) for line in out.with_suffix(".gen.jsonl").read_text().splitlines()]
     assert [r["reasoned"] for r in rows] == [bool(a) for a in actions]

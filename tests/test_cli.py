@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mmemb import Embedder, Sample
-from mmemb.cli import COMMANDS, main
+from mmemb.cli import COMMANDS, handlers, main
 
 from .conftest import PUBLISHED_SCORES, assert_same_vectors, needs_debian_data, needs_shared, write_image
 
@@ -31,6 +31,11 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for name in COMMANDS:
         assert name in out
+    assert set(handlers()) == set(COMMANDS)  # every listed command runs something
+    for name in COMMANDS:  # and parses: its own help, its own usage line
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0 and f"usage: mmemb {name}" in capsys.readouterr().out
 
 
 def test_embed_writes_vectors_and_ids(use_nano, tmp_path, capsys):
@@ -49,6 +54,7 @@ def test_embed_writes_vectors_and_ids(use_nano, tmp_path, capsys):
     )
     out = tmp_path / "out" / "vecs.npy"
     assert main(["embed", "--model", "nano", "--input", str(src), "--output", str(out), "--quiet"]) == 0
+    assert "--output is deprecated and goes in the next release; use --out" in capsys.readouterr().err
     vecs = np.load(out, allow_pickle=False)
     assert vecs.shape == (3, 576) and vecs.dtype == np.float32
     assert json.loads((tmp_path / "out" / "vecs.ids.json").read_text()) == ["q1", "7", "v"]
@@ -59,7 +65,7 @@ def test_embed_writes_vectors_and_ids(use_nano, tmp_path, capsys):
 def test_embed_gen_writes_texts(use_nano, tmp_path):
     src = write_jsonl(tmp_path / "items.jsonl", [{"id": "a", "text": "a dog"}])
     out = tmp_path / "v.npy"
-    assert main(["embed", "--input", str(src), "--output", str(out), "--mode", "gen", "--quiet"]) == 0
+    assert main(["embed", "--input", str(src), "--out", str(out), "--mode", "gen", "--quiet"]) == 0
     rows = [json.loads(x) for x in (tmp_path / "v.gen.jsonl").read_text().splitlines()]
     assert rows[0]["id"] == "a" and rows[0]["gen_tokens"] > 0 and rows[0]["gen_emb_found"] in (True, False)
 
@@ -103,7 +109,7 @@ def test_bad_input_is_one_clear_error_and_no_output(case, use_nano, tmp_path, ca
     row, expected, names_id = _bad_cases(tmp_path)[case]
     src = write_jsonl(tmp_path / "items.jsonl", [{"id": "ok", "text": "fine"}, row])
     out = tmp_path / "out" / "vecs.npy"
-    code = main(["embed", "--input", str(src), "--output", str(out), "--quiet"])
+    code = main(["embed", "--input", str(src), "--out", str(out), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
@@ -118,9 +124,9 @@ def test_bad_input_is_one_clear_error_and_no_output(case, use_nano, tmp_path, ca
 
 def test_duplicate_ids_and_bad_output_name(tmp_path, capsys):
     src = write_jsonl(tmp_path / "i.jsonl", [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}])
-    assert main(["embed", "--input", str(src), "--output", str(tmp_path / "o.npy")]) == 2
+    assert main(["embed", "--input", str(src), "--out", str(tmp_path / "o.npy")]) == 2
     assert "duplicate id 'a'" in capsys.readouterr().err
-    assert main(["embed", "--input", str(src), "--output", str(tmp_path / "o.txt")]) == 2
+    assert main(["embed", "--input", str(src), "--out", str(tmp_path / "o.txt")]) == 2
     assert ".npy" in capsys.readouterr().err
 
 

@@ -93,7 +93,7 @@ def test_cli_base_flag(adapter, tmp_path, capsys):
         str(moved),
         "--input",
         str(tmp_path / "in.jsonl"),
-        "--output",
+        "--out",
         str(tmp_path / "v.npy"),
     ]
     assert main([*argv, "--dtype", "float32", "--base", str(base)]) == 0

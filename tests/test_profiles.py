@@ -488,11 +488,11 @@ def test_cli_embed_eval_serve_with_a_profile(folders, embedders, tmp_path, capsy
     )
     out = tmp_path / "v.npy"
     args = ["embed", "--model", str(folders["vlm2vec-v2"]), "--profile", "vlm2vec-v2", "--dtype", "float32"]
-    assert main(args + ["--input", str(src), "--output", str(out), "--quiet"]) == 0
+    assert main(args + ["--input", str(src), "--out", str(out), "--quiet"]) == 0
     want = embedders["vlm2vec-v2"].encode([Sample(id="a", text="a red car", instruction="Find it")]).vectors
     np.testing.assert_allclose(np.load(out)[:1], want, atol=1e-5)
     assert "embeds as VLM2Vec-V2.0" in capsys.readouterr().err
-    assert main(args + ["--input", str(src), "--output", str(out), "--mode", "gen", "--quiet"]) == 2
+    assert main(args + ["--input", str(src), "--out", str(out), "--mode", "gen", "--quiet"]) == 2
     assert "mode 'gen' is not defined for profile 'vlm2vec-v2'" in capsys.readouterr().err
 
     client = TestClient(create_app(embedders["qwen3-vl-embedding"], ServeSettings(model_name="q3")))

@@ -36,7 +36,7 @@ def test_generate_killed_mid_run_then_rerun_has_each_pair_k_exactly_once(tmp_pat
     model = build_tiny_hf("qwen2_vl", tmp_path / "tiny")
     out = tmp_path / "c.jsonl"
     args = _cmd(
-        "reason", "generate", "--data", str(toy), "--teacher", f"local:{model}", "--k", "4", "--out", str(out),
+        "reason", "generate", "--data", str(toy), "--teacher", f"local:{model}", "--samples", "4", "--out", str(out),
         "--batch-size", "1", "--max-think-tokens", "24", "--quiet",
     )  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
@@ -70,7 +70,7 @@ def test_generate_against_a_stub_server_counts_failures_and_the_rerun_fills_them
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "c.jsonl"
     args = ["reason", "generate", "--data", str(toy), "--teacher", "openai:stub-model", "--base-url", stub.url,
-            "--k", "2", "--out", str(out), "--retries", "2", "--quiet"]  # fmt: skip
+            "--samples", "2", "--out", str(out), "--retries", "2", "--quiet"]  # fmt: skip
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "2 failed" in err and "HTTP 500" in err and "rerun the same command" in err

@@ -362,7 +362,7 @@ def test_diagnose_on_nano_matches_a_hand_ranking(nano, toy, tmp_path, capsys):
     pairs = read_pairs(toy, skip_per_task=2)
     cands = tmp_path / "c.jsonl"
     cio.generate_candidates(pairs, FakeTeacher(), 3, cands, progress=False)
-    args = ["--data", str(toy), "--skip-per-task", "2", "--candidates", str(cands), "--quiet"]
+    args = ["--data", str(toy), "--skip", "2", "--candidates", str(cands), "--quiet"]
     out = tmp_path / "diag"
     cmd = ["reason", "diagnose", *args, "--cache", str(tmp_path / "cache"), "--out", str(out)]
     assert main([*cmd, "--max-new-tokens", "6"]) == 0
@@ -453,7 +453,7 @@ def test_generate_with_the_hint_teacher_on_the_cli(toy, tmp_path, capsys):
     from mmemb.cli import main
 
     out = tmp_path / "c.jsonl"
-    assert main(["reason", "generate", "--teacher", "hints", "--data", str(toy), "--k", "3", "--out", str(out),
+    assert main(["reason", "generate", "--teacher", "hints", "--data", str(toy), "--samples", "3", "--out", str(out),
                  "--quiet"]) == 0  # fmt: skip
     rows = cio.read_candidates(out)
     cls = [r for r in rows if r["task"] == "Toy-CLS"]  # hint "title: a cat drawing": two distinct levels

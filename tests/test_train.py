@@ -425,7 +425,7 @@ def test_nano_trains_sharded_like_one_process(nano_world, tmp_path, strategy):
 def test_one_process_has_nothing_to_shard_and_trains_as_ddp(world, tmp_path, capsys):
     cfg = cfg_for(world, tmp_path, "run.strategy=fsdp", "run.max_steps=1")
     final = train_stage1(cfg, log=False)
-    assert "nothing to shard: run.strategy=fsdp trains as ddp" in capsys.readouterr().out
+    assert "nothing to shard: run.strategy=fsdp trains as ddp" in capsys.readouterr().err
     assert (final / "embedder_config.json").is_file()
 
 

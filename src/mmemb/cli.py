@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .io import atomic_files
-from .runtime import quiet_libraries
+from .runtime import deprecated, quiet_libraries
 from .types import MODES, InputError
 
 COMMANDS = {
@@ -51,12 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         "instruction?} a line; media paths relative to this file",
     )
     p.add_argument(
-        "--output",
-        required=True,
+        "--out",
         type=Path,
-        help="vectors (.npy, float32, N x D); ids go to OUTPUT.ids.json; in the other modes, per item "
-        "whether it reasoned, its tokens and completion to OUTPUT.gen.jsonl",
+        help="(required) vectors (.npy, float32, N x D); ids go to OUT.ids.json; in the other modes, per item "
+        "whether it reasoned, its tokens and completion to OUT.gen.jsonl",
     )
+    deprecated(p, "--output", "--out", type=Path)
     p.add_argument(
         "--mode",
         default="disc",
@@ -203,24 +203,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        handlers = {
-            "embed": cmd_embed,
-            "eval": cmd_eval,
-            "report": cmd_report,
-            "data": cmd_data,
-            "info": cmd_info,
-            "reason": cmd_reason,
-            "train": cmd_train,
-            "reproduce": cmd_reproduce,
-            "serve": cmd_serve,
-        }
-        return handlers[args.command](args)
+        return handlers()[args.command](args)
     except (InputError, AssetError) as e:
         print(f"mmemb {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mmemb {args.command}: interrupted; no output written", file=sys.stderr)
         return 130
+
+
+def handlers() -> dict:
+    """The function that runs each command (every name in COMMANDS has one: tests/test_cli.py)."""
+    return {
+        "embed": cmd_embed,
+        "eval": cmd_eval,
+        "report": cmd_report,
+        "data": cmd_data,
+        "info": cmd_info,
+        "reason": cmd_reason,
+        "train": cmd_train,
+        "reproduce": cmd_reproduce,
+        "serve": cmd_serve,
+    }
 
 
 def console() -> None:
@@ -233,8 +237,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from .embedder import Embedder
     from .items import read_items
 
-    if args.output.suffix != ".npy":
-        raise InputError(f"--output {args.output}: use a .npy file name")
+    if args.out is None:
+        raise InputError("--out is required: the .npy file to write the vectors to")
+    if args.out.suffix != ".npy":
+        raise InputError(f"--out {args.out}: use a .npy file name")
     if args.batch_size < 1:
         raise InputError("--batch-size must be >= 1")
     samples = read_items(args.input)  # validates every line before loading the model
@@ -244,7 +250,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         result = embedder.encode(samples, mode=args.mode, batch_size=args.batch_size, progress=not args.quiet)
     except InputError as e:
         raise InputError(f"{args.input}: {e}") from None
-    out = args.output
+    out = args.out
     files = {
         out: lambda f: np.save(f, result.vectors, allow_pickle=False),
         out.with_suffix(".ids.json"): lambda f: f.write(json.dumps([s.id for s in samples]).encode()),

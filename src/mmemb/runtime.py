@@ -3,8 +3,10 @@ starts, and the TensorBoard writer of the training stages."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 from .types import InputError
@@ -39,3 +41,15 @@ def tensorboard_writer(enabled: bool, output: Path, **kwargs):
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(str(Path(output) / "tensorboard"), **kwargs)
+
+
+def deprecated(parser: argparse.ArgumentParser, old: str, new: str, **kwargs) -> None:
+    """Keep the flag `old` working for one release: it sets `new`'s value and says on stderr to use `new`."""
+    dest = new.lstrip("-").replace("-", "_")
+
+    class Alias(argparse.Action):
+        def __call__(self, p, namespace, values, option_string=None):
+            print(f"mmemb: {old} is deprecated and goes in the next release; use {new}", file=sys.stderr)
+            setattr(namespace, dest, values)
+
+    parser.add_argument(old, dest=dest, action=Alias, help=argparse.SUPPRESS, **kwargs)

@@ -103,7 +103,7 @@ def read_pairs(
     limit_per_task:  keep at most N pairs per task (0 = all), chosen by a hash of (seed, pair id) and
                      returned in their original order; deterministic.
     skip_per_task:   first drop the pairs that limit_per_task=N would keep: the held-out pairs of a model
-                     trained with --limit-per-task N (limits are nested: N pairs are the first N of N + M).
+                     trained with --limit N (limits are nested: N pairs are the first N of N + M).
     media_root:      folder that media paths of a file source are relative to (default: its folder).
     """
     path = Path(spec)

@@ -109,7 +109,7 @@ def generate_candidates(
 ) -> GenerateReport:
     """Ask `teacher` for rationales (pair, 0..k-1) missing from `out` and append them (see module doc)."""
     if k < 1:
-        raise InputError(f"--k must be at least 1 (got {k})")
+        raise InputError(f"--samples must be at least 1 (got {k})")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -205,7 +205,7 @@ def load_for(pairs: list[Pair], path: Path) -> dict[str, list[dict]]:
             raise InputError(
                 f"{path}: these candidates were generated for another dataset (fingerprint {fp}, this "
                 f"data {dataset_fingerprint(pairs)}); pass the same --data, --split, --tasks and "
-                "--limit-per-task as for `reason generate`"
+                "--limit as for `reason generate`"
             )
     ids = {p.id for p in pairs}
     grouped: dict[str, list[dict]] = {}

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..runtime import deprecated
 from ..types import InputError
 from .scorers import UTILITIES
 
@@ -33,19 +34,24 @@ def add_parser(sub) -> None:
         )
         q.add_argument("--split", default="train")
         q.add_argument("--tasks", default="", help="comma-separated task names (default: all)")
-        q.add_argument("--limit-per-task", type=int, default=0, help="at most N pairs per task (0 = all)")
+        q.add_argument(
+            "--limit", type=int, default=0, help="at most N pairs per task, hash-sampled (0 = all)"
+        )
+        deprecated(q, "--limit-per-task", "--limit", type=int)
         q.add_argument("--media-root", type=Path, help="media folder for MMEB-train / UME-R1 files")
         q.add_argument(
-            "--skip-per-task",
+            "--skip",
             type=int,
             default=0,
-            help="first drop the pairs --limit-per-task N would pick: held-out pairs of a model trained on N",
+            help="first drop the pairs --limit N would pick per task: held-out pairs of a model trained on N",
         )
+        deprecated(q, "--skip-per-task", "--skip", type=int)
 
     g = rsub.add_parser("generate", help="K candidate rationales per query, appended; resumes after a kill")
     data_args(g)
     g.add_argument("--teacher", default="nano", help=TEACHERS)
-    g.add_argument("--k", type=int, default=4, help="candidates per query")
+    g.add_argument("--samples", type=int, default=4, help="candidate rationales per query (the K samples)")
+    deprecated(g, "--k", "--samples", type=int)
     g.add_argument("--out", type=Path, required=True, help="candidates file (.jsonl), appended to")
     g.add_argument("--temperature", type=float, default=0.7)
     g.add_argument("--top-p", type=float, default=0.9)
@@ -72,11 +78,14 @@ def add_parser(sub) -> None:
     s.add_argument("--utility", default="pair", choices=list(UTILITIES))
     s.add_argument("--rule", default="hard", choices=["hard", "soft", "all"])
     s.add_argument("--delta", type=float, default=0.0, help="best utility must exceed this, else no-think")
-    s.add_argument("--temperature", type=float, default=0.05, help="soft rule: softmax temperature")
+    s.add_argument("--soft-temperature", type=float, default=0.05, help="soft rule: softmax temperature")
+    deprecated(s, "--temperature", "--soft-temperature", type=float)
     s.add_argument(
         "--negatives", type=int, default=15, help="contrastive: negatives per pair (data, then mined)"
     )
-    s.add_argument("--tau", type=float, default=0.02, help="contrastive temperature")
+    s.add_argument("--loss-temperature", type=float, default=0.02,
+                   help="contrastive utility: the InfoNCE temperature (training's loss.temperature)")  # fmt: skip
+    deprecated(s, "--tau", "--loss-temperature", type=float)
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--seed", type=int, default=0, help="order of swapped-control donors")
     s.add_argument("--cache", type=Path, help="embedding cache folder (default ~/.cache/mmemb/embeddings)")
@@ -132,9 +141,9 @@ def load_pairs(args: argparse.Namespace):
         args.data,
         split=args.split,
         tasks=tasks,
-        limit_per_task=args.limit_per_task,
+        limit_per_task=args.limit,
         media_root=args.media_root,
-        skip_per_task=args.skip_per_task,
+        skip_per_task=args.skip,
     )
     if not pairs:
         raise InputError(f"--data {args.data}: no pairs (split {args.split!r}, tasks {tasks})")
@@ -185,8 +194,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .candidates import generate_candidates
     from .teachers import FileTeacher
 
-    if args.batch_size < 1 or args.k < 1:
-        raise InputError("--batch-size and --k must be >= 1")
+    if args.batch_size < 1 or args.samples < 1:
+        raise InputError("--batch-size and --samples must be >= 1")
     pairs = load_pairs(args)
     teacher = make_teacher(args)
     if isinstance(teacher, FileTeacher):
@@ -197,7 +206,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 "import rationales for the same dataset"
             )
     report = generate_candidates(
-        pairs, teacher, args.k, args.out, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet
+        pairs,
+        teacher,
+        args.samples,
+        args.out,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.quiet,
     )
     rate = 60 * (report.written + report.failed) / report.seconds if report.seconds else 0.0
     why = "the hints say nothing more" if args.teacher == "hints" else "not in the teacher's file"
@@ -239,7 +254,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     embedder = _embedder(args)
     settings = ScoreSettings(
         negatives=args.negatives,
-        tau=args.tau,
+        tau=args.loss_temperature,
         batch_size=args.batch_size,
         seed=args.seed,
         progress=not args.quiet,
@@ -253,7 +268,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         utility=args.utility,
         rule=args.rule,
         delta=args.delta,
-        temperature=args.temperature,
+        temperature=args.soft_temperature,
         settings=settings,
     )
     print(format_summary(summary))

@@ -87,7 +87,7 @@ def read_selection(pairs: list[Pair], path: Path, tokens: TokensConfig) -> dict[
     if missing:
         raise InputError(
             f"{path}: {len(missing)} training pair(s) have no selection (first: {missing[:3]}); select with "
-            "the same --data and --tasks as data.source and data.tasks, and a --limit-per-task at least "
+            "the same --data and --tasks as data.source and data.tasks, and a --limit at least "
             "data.limit_per_task"
         )
     return out

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -261,7 +262,8 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
     torch.manual_seed(cfg.run.seed)
     name = cfg.run.strategy
     if name != "ddp" and accelerator.num_processes == 1:
-        accelerator.print(f"mmemb train: 1 process, nothing to shard: run.strategy={name} trains as ddp")
+        accelerator.print(f"mmemb train: 1 process, nothing to shard: run.strategy={name} trains as ddp",
+                          file=sys.stderr)  # fmt: skip
         name = "ddp"  # the same updates and checkpoints, without a process group to shard over
     embedder = build_embedder(cfg, cast_frozen=name == "ddp")
     examples = build_examples(pairs, d, embedder.config.tokens)
@@ -278,7 +280,7 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
             group.update(hyper)
         order.load(state["order"])
         start = state["step"]
-        accelerator.print(f"mmemb train: resuming from {ckpt} (step {start})")
+        accelerator.print(f"mmemb train: resuming from {ckpt} (step {start})", file=sys.stderr)
     main = accelerator.is_main_process
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -293,7 +295,7 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
     accelerator.print(f"mmemb train: {len(examples)} examples ({len(pairs)} pairs, variant {d.variant}), "
                       f"{len(params)} trainable tensors ({sum(p.numel() for p in params.values()):,} values), "
                       f"batch {B} x {world} process(es) x {accum} accumulation, strategy {name}, "
-                      f"precision {precision} (float32 weights and AdamW state)")  # fmt: skip
+                      f"precision {precision} (float32 weights and AdamW state)", file=sys.stderr)  # fmt: skip
     model.train()
     t0 = time.perf_counter()
     for step in range(start, cfg.run.max_steps):
@@ -325,7 +327,7 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
                 )
                 print(f"step {done}/{cfg.run.max_steps} loss {logs['loss']:.4f} ({terms}) "
                       f"acc {logs.get('disc_accuracy', 0):.2f}/{logs.get('gen_accuracy', 0):.2f} lr {lr:.2e} "
-                      f"grad {logs['grad_norm']:.2f} {secs:.1f}s/step", flush=True)  # fmt: skip
+                      f"grad {logs['grad_norm']:.2f} {secs:.1f}s/step", file=sys.stderr, flush=True)  # fmt: skip
         if done % cfg.run.save_every == 0 or done == cfg.run.max_steps:
             weights, moments = strategy.gather()  # every rank: gathering shards is a collective
             if main:
@@ -346,7 +348,8 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
     if main:
         embedder.save_pretrained(final)
         accelerator.print(
-            f"mmemb train: {cfg.run.max_steps - start} steps in {time.perf_counter() - t0:.0f}s -> {final}"
+            f"mmemb train: {cfg.run.max_steps - start} steps in {time.perf_counter() - t0:.0f}s -> {final}",
+            file=sys.stderr,
         )
     accelerator.wait_for_everyone()
     # destroy the process group: a process exiting with gloo's worker threads alive sometimes aborts (seen
