@@ -313,3 +313,18 @@ def test_paired_ci_is_exact_for_constant_differences_and_covers_a_known_shift():
         paired_ci_records(recs(x), recs({"a": y["a"]}))
     with pytest.raises(ValueError, match="different queries"):
         paired_ci_records(recs(x), recs(y)[:-1])
+
+
+def test_group_means_is_the_plain_mean_of_tasks_per_meta_task():
+    """MMEB's rule: every dataset counts once, whatever its size; groups in the order of their first task."""
+    from mmemb.eval.metrics import group_means, meta_task
+
+    group_of = {
+        "a": meta_task("image", "CLS"),
+        "b": meta_task("image", "CLS"),
+        "c": meta_task("video", "RET"),
+    }
+    scores = {"c": 10.0, "a": 50.0, "b": 70.0, "stray": 99.0}  # a task without a group is left out
+    assert group_means(scores, group_of) == {"video RET": 10.0, "image CLS": 60.0}
+    assert list(group_means(scores, group_of)) == ["video RET", "image CLS"]
+    assert group_means({}, group_of) == {}

@@ -50,6 +50,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from . import precision
+from .eval.metrics import group_means, meta_task
 from .io import atomic_write, read_jsonl, replace_dir, staging_dir
 from .types import InputError
 
@@ -464,13 +465,10 @@ def summarize_records(recs: list[dict], groups: dict[str, str]) -> dict:
     for q in recs:
         by_task.setdefault(q["task"], []).append(q["score"])
     tasks = {t: 100 * statistics.fmean(v) for t, v in sorted(by_task.items())}
-    meta: dict[str, list[float]] = {}
-    for t, s in tasks.items():
-        meta.setdefault(groups[t], []).append(s)
     lat = [q.get("latency_s", 0.0) for q in recs]
     return {
         "tasks": tasks,
-        "meta": {g: statistics.fmean(v) for g, v in meta.items()},
+        "meta": group_means(tasks, groups),
         "overall": statistics.fmean(tasks.values()) if tasks else 0.0,
         "queries": len(recs),
         "invocation": statistics.fmean(bool(q.get("reasoned")) for q in recs) if recs else 0.0,
@@ -484,7 +482,7 @@ def collect(out: Path, models: dict[str, Path], data_root: Path) -> dict:
     from .eval.analysis import oracle
 
     tasks = json.loads((data_root / "tasks.json").read_text())
-    groups = {t["name"]: f"{t['modality']} {t['meta_task']}" for t in tasks}
+    groups = {t["name"]: meta_task(t["modality"], t["meta_task"]) for t in tasks}
     results: dict = {"models": {}}
     records: dict[str, dict[str, list[dict]]] = {}
     for name in models:

@@ -25,6 +25,7 @@ from ..io import atomic_json, atomic_write
 from ..paths import MINI_SEED, embeddings_dir, mini_root, pages_dir
 from ..types import InputError
 from . import analysis
+from .metrics import group_means, meta_task
 from .plot import plot_meta_tasks
 from .report import format_report, load_scores, summarize, write_scores
 from .runner import EvalSettings, TaskResult, check_modes, evaluate_task
@@ -248,15 +249,11 @@ def _analysis(results, analyses, samples, st: Suite) -> dict:
 
 
 def _meta_table(summary: dict, st: Suite) -> dict[str, dict[str, float]]:
-    table = {}
-    for name, per_task in summary.items():
-        groups: dict[str, list[float]] = {}
-        for task, stats in per_task.items():
-            if task in st.datasets:
-                info = st.datasets[task]
-                groups.setdefault(f"{info.modality} {info.meta_task}", []).append(stats["score"])
-        table[name] = {g: sum(v) / len(v) for g, v in groups.items()}
-    return table
+    group_of = {name: meta_task(info.modality, info.meta_task) for name, info in st.datasets.items()}
+    return {
+        run: group_means({t: stats["score"] for t, stats in per_task.items()}, group_of)
+        for run, per_task in summary.items()
+    }
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

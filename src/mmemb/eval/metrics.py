@@ -298,3 +298,19 @@ def relevance_from_labels(
         if score > 0:
             out[label] = max(out.get(label, 0.0), float(score))
     return out
+
+
+def meta_task(modality: str, meta: str) -> str:
+    """The group a dataset is averaged in: its modality and meta-task, e.g. "image CLS"."""
+    return f"{modality} {meta}"
+
+
+def group_means(scores: Mapping[str, float], group_of: Mapping[str, str]) -> dict[str, float]:
+    """Plain mean of the task scores in each group (MMEB's rule: every dataset counts once, whatever its
+    size), groups in the order their first task comes; tasks without a group are left out. Used for the
+    meta-task tables of `mmemb eval`, `mmemb reproduce` and the λ sweep."""
+    groups: dict[str, list[float]] = {}
+    for task, score in scores.items():
+        if task in group_of:
+            groups.setdefault(group_of[task], []).append(float(score))
+    return {g: sum(v) / len(v) for g, v in groups.items()}

@@ -59,27 +59,106 @@ class ServeSettings:
     limits: Limits = field(default_factory=Limits)
 
 
-def create_app(embedder, settings: ServeSettings):
-    reg = CollectorRegistry()
-    m_requests = Counter(
-        "mmemb_requests", "Embedding requests by mode and HTTP status", ["mode", "status"], registry=reg
-    )
-    m_items = Counter(
-        "mmemb_items", "Items embedded by mode and whether reasoning ran", ["mode", "reasoned"], registry=reg
-    )
-    m_tokens = Counter("mmemb_reasoning_tokens", "Tokens generated while reasoning", registry=reg)
-    m_latency = Histogram("mmemb_request_seconds", "Request latency (seconds) by mode", ["mode"], registry=reg,
-                          buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))  # fmt: skip
-    m_batch = Histogram("mmemb_batch_items", "Items per model batch by lane", ["lane"], registry=reg,
-                        buckets=(1, 2, 4, 8, 16, 32, 64, 128))  # fmt: skip
-    m_queue = Gauge("mmemb_queue_items", "Items waiting by lane", ["lane"], registry=reg)
+class Metrics:
+    """The Prometheus series of one server (its own registry: two apps in one process never share them)."""
 
+    def __init__(self) -> None:
+        self.registry = reg = CollectorRegistry()
+        self.requests = Counter(
+            "mmemb_requests", "Embedding requests by mode and HTTP status", ["mode", "status"], registry=reg
+        )
+        self.items = Counter(
+            "mmemb_items",
+            "Items embedded by mode and whether reasoning ran",
+            ["mode", "reasoned"],
+            registry=reg,
+        )
+        self.tokens = Counter("mmemb_reasoning_tokens", "Tokens generated while reasoning", registry=reg)
+        self.latency = Histogram("mmemb_request_seconds", "Request latency (seconds) by mode", ["mode"],
+                                 registry=reg, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))  # fmt: skip
+        self.batch = Histogram("mmemb_batch_items", "Items per model batch by lane", ["lane"], registry=reg,
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128))  # fmt: skip
+        self.queue = Gauge("mmemb_queue_items", "Items waiting by lane", ["lane"], registry=reg)
+
+
+def error_response(status: int, message: str, code: str, headers: dict | None = None) -> JSONResponse:
+    """OpenAI's error shape."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def unauthorized() -> JSONResponse:
+    return error_response(401, "missing or wrong API key (send Authorization: Bearer <key>)", "unauthorized")
+
+
+def authorized(settings: ServeSettings, request: Request) -> bool:
+    """Constant-time check of the bearer key (always true when the server has none)."""
+    if not settings.api_key:
+        return True
+    given = request.headers.get("authorization", "")
+    return hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode())
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (413) as soon as it is known to pass `limit` bytes, with or without Content-Length."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(
+            413, f"the body is {int(declared):,} bytes, over the limit of {limit:,} bytes", "too_large"
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"the body is over the limit of {limit:,} bytes", "too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def embeddings_body(req, emb, model_name: str, prompt_tokens: int, metrics: Metrics) -> dict:
+    """The OpenAI embeddings response for a parsed request and its Embeddings (counted into `metrics`)."""
+    data, total_gen = [], 0
+    for i in range(len(req.samples)):
+        vec = emb.vectors[i]
+        reasoned = bool(emb.reasoned[i]) if emb.reasoned else False
+        tokens = int(emb.gen_tokens[i]) if emb.gen_tokens else 0
+        total_gen += tokens
+        metrics.items.labels(req.mode, str(reasoned).lower()).inc()
+        item = {
+            "object": "embedding",
+            "index": i,
+            "embedding": base64.b64encode(vec.astype("<f4").tobytes()).decode()
+            if req.encoding_format == "base64"
+            else vec.tolist(),
+            "mode": req.mode,
+            "reasoned": reasoned,
+            "reasoning_tokens": tokens,
+        }
+        if req.return_text:
+            item["text"] = emb.texts[i] if emb.texts else ""
+        data.append(item)
+    metrics.tokens.inc(total_gen)
+    return {
+        "object": "list",
+        "data": data,
+        "model": model_name,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "total_tokens": prompt_tokens + total_gen,
+            "reasoning_tokens": total_gen,
+        },
+    }
+
+
+def create_app(embedder, settings: ServeSettings):
+    m = Metrics()
     batcher = Batcher(
         embedder, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue,
-        lanes=settings.lanes, on_batch=lambda lane, n, _s: m_batch.labels(lane).observe(n),
+        lanes=settings.lanes, on_batch=lambda lane, n, _s: m.batch.labels(lane).observe(n),
     )  # fmt: skip
     for name, lane in batcher.lanes.items():
-        m_queue.labels(name).set_function(lambda lane=lane: lane.queued)
+        m.queue.labels(name).set_function(lambda lane=lane: lane.queued)
     dim = embedder.backbone.input_embeddings().weight.shape[1]
 
     @asynccontextmanager
@@ -90,44 +169,15 @@ def create_app(embedder, settings: ServeSettings):
     app = FastAPI(title="mmemb", lifespan=lifespan)
     app.state.batcher = batcher
 
-    def error(status: int, message: str, code: str, headers: dict | None = None) -> JSONResponse:
-        kind = "invalid_request_error" if status < 500 else "server_error"
-        body = {"error": {"message": message, "type": kind, "code": code}}
-        return JSONResponse(body, status_code=status, headers=headers)
-
-    def unauthorized() -> JSONResponse:
-        return error(401, "missing or wrong API key (send Authorization: Bearer <key>)", "unauthorized")
-
-    def authorized(request: Request) -> bool:
-        if not settings.api_key:
-            return True
-        given = request.headers.get("authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode())
-
-    async def read_body(request: Request) -> bytes:
-        limit = settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise RequestError(
-                413, f"the body is {int(declared):,} bytes, over the limit of {limit:,} bytes", "too_large"
-            )
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(413, f"the body is over the limit of {limit:,} bytes", "too_large")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
         t0, mode, status = time.perf_counter(), "unknown", 500
         try:
-            if not authorized(request):
+            if not authorized(settings, request):
                 status = 401
                 return unauthorized()
             try:
-                body = json.loads(await read_body(request))
+                body = json.loads(await read_body(request, settings.max_body_bytes))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise RequestError(400, f"the body is not valid JSON ({e})") from None
             mode = body.get("mode", settings.mode) if isinstance(body, dict) else mode
@@ -140,60 +190,33 @@ def create_app(embedder, settings: ServeSettings):
                 req = await run_in_threadpool(
                     parse_request, body, settings.mode, settings.limits, Path(tmp), dim
                 )
-                future = batcher.submit(Job(req.samples, req.mode, req.max_new_tokens))
-                emb = await asyncio.wrap_future(future)
+                emb = await asyncio.wrap_future(
+                    batcher.submit(Job(req.samples, req.mode, req.max_new_tokens))
+                )
             prompt_tokens = await run_in_threadpool(count_tokens, embedder, req.samples)
             status = 200
         except RequestError as e:
             status = e.status
-            return error(e.status, e.message, e.code)
+            return error_response(e.status, e.message, e.code)
         except QueueFull as e:
             status = 429
-            return error(429, str(e), "queue_full", {"Retry-After": str(e.retry_after)})
+            return error_response(429, str(e), "queue_full", {"Retry-After": str(e.retry_after)})
         except InputError as e:  # found by the model's own checks (e.g. a prompt over the context)
             status = 400
-            return error(400, re.sub(r"item '(\d+)'", r"input[\1]", str(e)), "invalid_input")
+            return error_response(400, re.sub(r"item '(\d+)'", r"input[\1]", str(e)), "invalid_input")
         except Exception as e:  # noqa: BLE001 - this request fails, the server goes on
             log.exception("request failed")
-            return error(500, f"the model failed on this request ({type(e).__name__}: {e})", "model_error")
+            return error_response(
+                500, f"the model failed on this request ({type(e).__name__}: {e})", "model_error"
+            )
         finally:
-            m_requests.labels(mode, str(status)).inc()
-            m_latency.labels(mode).observe(time.perf_counter() - t0)
-        data, total_gen = [], 0
-        for i in range(len(req.samples)):
-            vec = emb.vectors[i]
-            reasoned = bool(emb.reasoned[i]) if emb.reasoned else False
-            tokens = int(emb.gen_tokens[i]) if emb.gen_tokens else 0
-            total_gen += tokens
-            m_items.labels(req.mode, str(reasoned).lower()).inc()
-            item = {
-                "object": "embedding",
-                "index": i,
-                "embedding": base64.b64encode(vec.astype("<f4").tobytes()).decode()
-                if req.encoding_format == "base64"
-                else vec.tolist(),
-                "mode": req.mode,
-                "reasoned": reasoned,
-                "reasoning_tokens": tokens,
-            }
-            if req.return_text:
-                item["text"] = emb.texts[i] if emb.texts else ""
-            data.append(item)
-        m_tokens.inc(total_gen)
-        return {
-            "object": "list",
-            "data": data,
-            "model": settings.model_name,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "total_tokens": prompt_tokens + total_gen,
-                "reasoning_tokens": total_gen,
-            },
-        }
+            m.requests.labels(mode, str(status)).inc()
+            m.latency.labels(mode).observe(time.perf_counter() - t0)
+        return embeddings_body(req, emb, settings.model_name, prompt_tokens, m)
 
     @app.get("/v1/models")
     async def models(request: Request):
-        if not authorized(request):
+        if not authorized(settings, request):
             return unauthorized()
         return {
             "object": "list",
@@ -206,9 +229,9 @@ def create_app(embedder, settings: ServeSettings):
 
     @app.get("/metrics")
     async def metrics(request: Request):
-        if not authorized(request):
+        if not authorized(settings, request):
             return unauthorized()
-        return Response(generate_latest(reg), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -24,6 +24,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -229,10 +230,44 @@ def build_embedder(cfg: TrainConfig, cast_frozen: bool = False) -> Embedder:
     return embedder
 
 
+@dataclass
+class Run:
+    """One stage-1 run as `setup` leaves it for `train_loop` and `save_final`."""
+
+    accelerator: object
+    embedder: Embedder
+    examples: list[Example]
+    strategy: object  # parallel.Strategy: the prepared model, its trainable params and optimizer
+    order: BatchOrder
+    start: int  # the step it starts from (a resumed checkpoint's)
+    out: Path
+    writer: object | None  # TensorBoard, on the main process only
+
+
 def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
     """Train and write `run.output`/final (loads with Embedder.from_pretrained). Returns that folder.
     `log`: print a line every `run.log_every` steps (TensorBoard is written either way)."""
+    run = setup(cfg)
+    t0 = time.perf_counter()
+    train_loop(run, cfg, log)
+    final = save_final(run, cfg)
+    if run.accelerator.is_main_process:
+        run.accelerator.print(
+            f"mmemb train: {cfg.run.max_steps - run.start} steps in {time.perf_counter() - t0:.0f}s -> {final}",
+            file=sys.stderr,
+        )
+    run.accelerator.wait_for_everyone()
+    # destroy the process group: a process exiting with gloo's worker threads alive sometimes aborts (seen
+    # after FSDP2 and ZeRO runs: "terminate called without an active exception", exit -6)
+    run.accelerator.end_training()
+    return final
+
+
+def setup(cfg: TrainConfig) -> Run:
+    """Inputs checked, the accelerator, the embedder and its examples, the strategy (DDP, FSDP2, ZeRO) with
+    its optimizer, and the state of a checkpoint to resume from."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.state import AcceleratorState
 
     check_inputs(cfg)
     d = cfg.data
@@ -243,8 +278,6 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     # FSDP2 and ZeRO set their own precision: accelerate's acts on what it prepares (ddp)
     precision = mixed_precision(cfg)  # auto: the model's dtype setting on this hardware
-    from accelerate.state import AcceleratorState
-
     if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
         # accelerate keeps one precision per process; a second run in this process (tests, notebooks) may
         # ask for another. Its process group (PartialState) is kept.
@@ -267,16 +300,14 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
         name = "ddp"  # the same updates and checkpoints, without a process group to shard over
     embedder = build_embedder(cfg, cast_frozen=name == "ddp")
     examples = build_examples(pairs, d, embedder.config.tokens)
-    bb = embedder.backbone
     strategy = make_strategy(name, accelerator, cfg)
-    strategy.prepare(bb)
-    model, params, optimizer = strategy.model, strategy.params, strategy.optimizer
+    strategy.prepare(embedder.backbone)
     order = BatchOrder(len(examples), cfg.run.seed)
     start = 0
     if ckpt is not None:
-        weights, moments, state = load_checkpoint(ckpt, set(params))
+        weights, moments, state = load_checkpoint(ckpt, set(strategy.params))
         strategy.scatter(weights, moments)
-        for group, hyper in zip(optimizer.param_groups, state["param_groups"], strict=True):
+        for group, hyper in zip(strategy.optimizer.param_groups, state["param_groups"], strict=True):
             group.update(hyper)
         order.load(state["order"])
         start = state["step"]
@@ -286,25 +317,36 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         save_train_config(cfg, out / "config.yaml")
     writer = tensorboard_writer(cfg.run.tensorboard and main, out, purge_step=start + 1)
+    params, world = strategy.params, accelerator.num_processes
+    accelerator.print(f"mmemb train: {len(examples)} examples ({len(pairs)} pairs, variant {d.variant}), "
+                      f"{len(params)} trainable tensors ({sum(p.numel() for p in params.values()):,} values), "
+                      f"batch {cfg.batch.size} x {world} process(es) x {cfg.batch.accumulation} accumulation, "
+                      f"strategy {name}, precision {precision} (float32 weights and AdamW state)",
+                      file=sys.stderr)  # fmt: skip
+    return Run(accelerator, embedder, examples, strategy, order, start, out, writer)
+
+
+def train_loop(run: Run, cfg: TrainConfig, log: bool) -> None:
+    """The optimizer steps from `run.start` to run.max_steps: accumulated micro-batches (each rank its slice
+    of the global batch), logs, and a checkpoint every save_every steps."""
+    accelerator, strategy, embedder, examples = run.accelerator, run.strategy, run.embedder, run.examples
+    model, optimizer = strategy.model, strategy.optimizer
     world, rank, B, accum = (
         accelerator.num_processes,
         accelerator.process_index,
         cfg.batch.size,
         cfg.batch.accumulation,
     )
-    accelerator.print(f"mmemb train: {len(examples)} examples ({len(pairs)} pairs, variant {d.variant}), "
-                      f"{len(params)} trainable tensors ({sum(p.numel() for p in params.values()):,} values), "
-                      f"batch {B} x {world} process(es) x {accum} accumulation, strategy {name}, "
-                      f"precision {precision} (float32 weights and AdamW state)", file=sys.stderr)  # fmt: skip
+    main = accelerator.is_main_process
     model.train()
     t0 = time.perf_counter()
-    for step in range(start, cfg.run.max_steps):
+    for step in range(run.start, cfg.run.max_steps):
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         logs: dict[str, float] = {}
         for micro in range(accum):
-            batch = [examples[i] for i in order.next(B * world)[rank * B : (rank + 1) * B]]
+            batch = [examples[i] for i in run.order.next(B * world)[rank * B : (rank + 1) * B]]
             last = micro == accum - 1  # DDP all-reduces once per optimizer step, at the very last backward
             hold = strategy.no_sync  # a context keeping gradients local; None: reduced at every backward
             with nullcontext() if last or hold is None else hold():
@@ -314,14 +356,14 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
                 logs[k] = logs.get(k, 0.0) + float(v) / accum
         logs |= {"lr": lr, "grad_norm": strategy.step(cfg.optim.max_grad_norm)}
         done = step + 1
-        if main and (done % cfg.run.log_every == 0 or done == cfg.run.max_steps or done == start + 1):
-            if writer:
+        if main and (done % cfg.run.log_every == 0 or done == cfg.run.max_steps or done == run.start + 1):
+            if run.writer:
                 for k, v in logs.items():
-                    writer.add_scalar(
+                    run.writer.add_scalar(
                         k.replace("_", "/", 1) if k.endswith(("_loss", "_accuracy")) else k, v, done
                     )
             if log:
-                secs = (time.perf_counter() - t0) / (done - start)
+                secs = (time.perf_counter() - t0) / (done - run.start)
                 terms = " ".join(
                     f"{k[:-5]} {logs[k]:.4f}" for k in sorted(logs) if k.endswith("_loss") and k != "loss"
                 )
@@ -331,28 +373,26 @@ def train_stage1(cfg: TrainConfig, log: bool = True) -> Path:
         if done % cfg.run.save_every == 0 or done == cfg.run.max_steps:
             weights, moments = strategy.gather()  # every rank: gathering shards is a collective
             if main:
-                save_checkpoint(out, done, weights, moments, optimizer.param_groups, order.state(), cfg,
+                save_checkpoint(run.out, done, weights, moments, optimizer.param_groups, run.order.state(), cfg,
                                 cfg.run.keep_checkpoints, processes=world)  # fmt: skip
             accelerator.wait_for_everyone()
-    if writer:
-        writer.close()
+    if run.writer:
+        run.writer.close()
+
+
+def save_final(run: Run, cfg: TrainConfig) -> Path:
+    """run.output/final: the trained embedder, whole (a sharded model's tensors gathered into an unsharded
+    copy built like the first)."""
+    accelerator, embedder = run.accelerator, run.embedder
     accelerator.wait_for_everyone()
-    final = out / "final"
-    if strategy.sharded:  # the trained tensors, whole, copied into an unsharded model built like the first
-        weights, _ = strategy.gather()
-        if main:
+    final = run.out / "final"
+    if run.strategy.sharded:
+        weights, _ = run.strategy.gather()
+        if accelerator.is_main_process:
             embedder = build_embedder(cfg)  # float32 throughout: it only receives the trained tensors
             with torch.no_grad():
                 for n, p in trainable(embedder.backbone).items():
                     p.copy_(weights[n])
-    if main:
+    if accelerator.is_main_process:
         embedder.save_pretrained(final)
-        accelerator.print(
-            f"mmemb train: {cfg.run.max_steps - start} steps in {time.perf_counter() - t0:.0f}s -> {final}",
-            file=sys.stderr,
-        )
-    accelerator.wait_for_everyone()
-    # destroy the process group: a process exiting with gloo's worker threads alive sometimes aborts (seen
-    # after FSDP2 and ZeRO runs: "terminate called without an active exception", exit -6)
-    accelerator.end_training()
     return final

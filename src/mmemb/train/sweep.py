@@ -26,6 +26,7 @@ import torch
 from ..cache import CachedEncoder
 from ..data.tasks import load_task
 from ..eval.evaluate import resolve
+from ..eval.metrics import group_means, meta_task
 from ..eval.runner import EvalSettings, evaluate_task
 from ..io import atomic_json, atomic_write
 from ..paths import embeddings_dir
@@ -38,7 +39,7 @@ def eval_outcomes(embedder, budgets, tasks, data_root, cache_root, batch_size, l
     st = resolve(tasks, data_root)
     fp = embedder.fingerprint()
     base = EvalSettings(qry_mode="nothink", tgt_mode="nothink", batch_size=batch_size, progress=progress)
-    rows: dict[str, list] = {"task": [], "features": [], "score": [], "latency": [], "tokens": []}
+    rows: dict[str, list] = {"task": [], "meta": [], "features": [], "score": [], "latency": [], "tokens": []}
     for name, info in st.datasets.items():
         task = load_task(info, st.root, "test", st.formats[name])
         if limit:
@@ -51,6 +52,7 @@ def eval_outcomes(embedder, budgets, tasks, data_root, cache_root, batch_size, l
         disc = disc.encode(task.items, task.queries, "disc")
         for row, q in enumerate(task.queries):
             rows["task"].append(name)
+            rows["meta"].append(meta_task(info.modality, info.meta_task))
             rows["features"].append(disc.vectors[q])
             rows["score"].append([r[row]["score"] for r in per_action])
             rows["latency"].append([r[row]["latency_s"] for r in per_action])
@@ -58,7 +60,7 @@ def eval_outcomes(embedder, budgets, tasks, data_root, cache_root, batch_size, l
         if progress:
             print(f"mmemb sweep: {name}: {len(task.queries)} test queries x {len(budgets)} actions",
                   file=sys.stderr)  # fmt: skip
-    return {k: np.array(v) if k != "task" else v for k, v in rows.items()}
+    return {k: np.array(v) if k not in ("task", "meta") else v for k, v in rows.items()}
 
 
 def evaluate_actions(test: dict, actions: np.ndarray) -> dict:
@@ -77,6 +79,7 @@ def evaluate_actions(test: dict, actions: np.ndarray) -> dict:
         "mean_latency_s": float(latency.mean()),
         "mean_think_tokens": float(test["tokens"][rows, actions].mean()),
         "score_by_task": by_task,
+        "score_by_meta_task": group_means(by_task, dict(zip(test["task"], test["meta"], strict=True))),
         "invocation_by_task": per_task_invocation(test["task"], actions),
     }
 
