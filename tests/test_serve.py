@@ -223,18 +223,26 @@ class Gated:
 
     def __init__(self, inner, modes=("think", "gen", "adaptive")):
         self.inner, self.modes, self.open, self.calls = inner, modes, threading.Event(), []
+        self.entered = (
+            threading.Event()
+        )  # a gated call has started (and holds its lane): no sleeping to guess
 
     def encode(self, samples, mode="disc", **kw):
         self.calls.append((mode, len(samples)))
         if mode in self.modes:
+            self.entered.set()
             assert self.open.wait(30)
         return self.inner.encode(samples, mode=mode, **kw)
 
     def stream(self, pull, mode, **kw):  # the generating lane's continuous decode
         self.calls.append((mode, "stream"))
         if mode in self.modes:
+            self.entered.set()
             assert self.open.wait(30)
         yield from self.inner.stream(pull, mode, **kw)
+
+    def started(self):
+        assert self.entered.wait(30), "the gated call never started"
 
 
 def test_split_lanes_keep_disc_off_the_generation_path(tiny):
@@ -242,7 +250,7 @@ def test_split_lanes_keep_disc_off_the_generation_path(tiny):
         gated = Gated(tiny)
         b = Batcher(gated, max_batch=4, max_wait_s=0.001, lanes=lanes)
         slow = b.submit(Job([Sample(text="long reasoning")], "think", CAP))
-        time.sleep(0.05)
+        gated.started()
         fast = b.submit(Job([Sample(text="quick")], "disc"))
         if disc_waits:
             time.sleep(0.5)
@@ -288,7 +296,7 @@ def test_batches_merge_requests_and_split_rows_back(tiny):
     gated = Gated(tiny, modes=("disc",))
     b = Batcher(gated, max_batch=8, max_wait_s=0.001)
     first = b.submit(Job([Sample(text="t0")], "disc"))  # takes the lane; the rest queue behind it
-    time.sleep(0.05)
+    gated.started()
     texts = [[f"q{i}", f"r{i}"] for i in range(3)]
     futures = [b.submit(Job([Sample(text=t) for t in pair], "disc")) for pair in texts]
     gated.open.set()
@@ -303,7 +311,7 @@ def test_a_bad_item_fails_its_own_request_only(tiny, tmp_path):
     gated = Gated(tiny, modes=("disc",))
     b = Batcher(gated, max_batch=8, max_wait_s=0.001)
     block = b.submit(Job([Sample(text="t0")], "disc"))
-    time.sleep(0.05)
+    gated.started()
     img = write_image(tmp_path / "gone.png")
     good = b.submit(Job([Sample(text="fine")], "disc"))
     bad = b.submit(Job([Sample(image=img)], "disc"))
@@ -321,7 +329,7 @@ def test_queue_bound(tiny):
     gated = Gated(tiny, modes=("disc",))
     b = Batcher(gated, max_batch=2, max_wait_s=0.001, max_queue=3)
     b.submit(Job([Sample(text="running")], "disc"))
-    time.sleep(0.05)
+    gated.started()
     b.submit(Job([Sample(text="a"), Sample(text="b")], "disc"))
     b.submit(Job([Sample(text="c")], "disc"))
     with pytest.raises(QueueFull) as e:
@@ -411,7 +419,7 @@ def test_a_request_that_went_away_is_dropped_and_the_lane_goes_on(tiny):
     gated = Gated(tiny, modes=("disc",))
     b = Batcher(gated, max_batch=8, max_wait_s=0.001)
     b.submit(Job([Sample(text="running")], "disc"))
-    time.sleep(0.05)
+    gated.started()
     gone = b.submit(Job([Sample(text="a"), Sample(text="b")], "disc"))
     assert gone.cancel()  # the client disconnected while it waited
     gated.open.set()
