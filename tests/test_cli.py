@@ -165,6 +165,13 @@ def test_eval_nano_on_a_small_real_mini(use_nano, tmp_path, capsys):
         assert (out / f).is_file()
     assert main(args) == 0  # second run: everything from the cache
     assert "embedded now 0" in capsys.readouterr().err
+    # the resolved settings are saved beside the outputs, and rerun the same evaluation from them alone
+    saved = out / "eval_config.yaml"
+    assert "limit: 2" in saved.read_text() and f"root: {root}" in saved.read_text()
+    before = (out / "scores.disc-disc.json").read_text()
+    assert main(["eval", "--config", str(saved), "--quiet"]) == 0
+    assert "embedded now 0" in capsys.readouterr().err
+    assert json.loads((out / "scores.disc-disc.json").read_text())["metrics"] == json.loads(before)["metrics"]
 
 
 def test_report_command_on_the_published_file(capsys):
@@ -180,3 +187,37 @@ def test_eval_mmeb_v2_without_data_explains_and_stops(capsys):
     assert main(["eval", "--tasks", "mmeb-v2"]) == 2
     err = capsys.readouterr().err
     assert "TIGER-Lab/MMEB-V2" in err and "--data-root" in err
+
+
+def test_eval_settings_resolve_defaults_file_flags_overrides(tmp_path):
+    """defaults < --config < flags < key=value; unknown keys and bad values name themselves."""
+    import argparse
+
+    from mmemb.cli import build_parser, eval_config
+    from mmemb.types import InputError
+
+    def resolve(argv):
+        return eval_config(build_parser().parse_args(["eval", *argv]))
+
+    cfg = resolve([])
+    assert (cfg.model.name, cfg.data.tasks, cfg.run.batch_size, cfg.run.analysis) == (
+        "nano",
+        "mmeb-mini",
+        16,
+        [],
+    )
+    f = tmp_path / "e.yaml"
+    f.write_text("model: {name: nano-r1}\nrun: {batch_size: 8, samples: 2}\ndata: {limit: 3}\n")
+    cfg = resolve(["--config", str(f), "--batch-size", "4", "run.samples=5", "--analysis", "oracle,pass@k"])
+    assert (cfg.model.name, cfg.run.batch_size, cfg.run.samples, cfg.data.limit) == ("nano-r1", 4, 5, 3)
+    assert cfg.run.analysis == ["oracle", "pass@k"] and str(cfg.out_dir()) == "runs/eval/nano-r1-mmeb-mini"
+    cases = {
+        ("run.batchsize=3",): "unknown key 'run.batchsize'",
+        ("--analysis", "nope"): r"run.analysis \['nope'\]",
+        ("run.batch_size=0",): "run.batch_size must be >= 1",
+        ("run.batch_size=x",): "run.batch_size: expected int",
+    }
+    for argv, message in cases.items():
+        with pytest.raises(InputError, match=message):
+            resolve(list(argv))
+    assert isinstance(build_parser().parse_args(["eval"]), argparse.Namespace)

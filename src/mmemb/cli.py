@@ -69,11 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
                    help="compute dtype (default: the model's saved setting, auto = bf16 where the hardware has it)")  # fmt: skip
 
-    p = sub.add_parser("eval", help=COMMANDS["eval"], description=COMMANDS["eval"])
+    p = sub.add_parser("eval", help=COMMANDS["eval"], description=COMMANDS["eval"] + " Settings: defaults < "
+                       "--config FILE < flags < key=value (eval/config.py); the resolved ones are saved as "
+                       "OUT/eval_config.yaml.")  # fmt: skip
     _model_args(p)
-    p.add_argument(
-        "--tasks", default="mmeb-mini", help="mmeb-mini | mmeb-v2 | MMEB-V2 dataset names, comma-separated"
-    )
+    p.set_defaults(model=None)  # unset flags leave the config's value (default nano)
+    p.add_argument("--config", type=Path, help="a YAML eval config (e.g. a run's eval_config.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value settings, e.g. run.batch_size=32 data.limit=5")
+    p.add_argument("--tasks", help="mmeb-mini (default) | mmeb-v2 | MMEB-V2 dataset names, comma-separated")
     p.add_argument(
         "--data-root", type=Path, help="MMEB-V2 data folder (mmeb-mini: built on first use if omitted)"
     )
@@ -81,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the Hugging Face cache; see `mmemb data check-mmeb-v2`)")  # fmt: skip
     p.add_argument("--out", type=Path, help="output folder (default runs/eval/<model>-<tasks>)")
     p.add_argument(
-        "--qry-mode", default="disc", choices=MODES, help="how queries are embedded (see embed --mode)"
+        "--qry-mode", choices=MODES, help="how queries are embedded (default disc; see embed --mode)"
     )
     p.add_argument(
         "--tgt-mode",
@@ -93,20 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allow-any-mode-pair",
         action="store_true",
+        default=None,
         help="run a query/target mode pair the model's config does not list as valid",
     )
     p.add_argument(
         "--analysis",
-        default="",
         help="comma-separated: oracle (best of disc and gen per query, an "
         "upper bound), pass@k (k sampled gen runs)",
     )
-    p.add_argument("--samples", type=int, default=4, help="k for pass@k")
+    p.add_argument("--samples", type=int, help="k for pass@k (default 4)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
                    help="compute dtype (default: the model's saved setting, auto = bf16 where the hardware has it)")  # fmt: skip
-    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature for pass@k")
+    p.add_argument("--temperature", type=float, help="sampling temperature for pass@k (default 0.7)")
     p.add_argument("--max-new-tokens", type=int, help="gen: override the model's max_new_tokens")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, help="items per model batch (default 16)")
     p.add_argument("--limit", type=int, help="first N queries per task (smoke runs)")
     p.add_argument("--cache", type=Path, help="embedding cache folder (default ~/.cache/mmemb/embeddings)")
     p.add_argument("--quiet", action="store_true")
@@ -274,42 +277,74 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+# eval flag -> its key in the eval config (eval/config.py)
+EVAL_FLAGS = {
+    "model": "model.name", "base": "model.base", "profile": "model.profile", "dtype": "model.dtype",
+    "tasks": "data.tasks", "data_root": "data.root", "hub_cache": "data.hub_cache", "limit": "data.limit",
+    "qry_mode": "run.qry_mode", "tgt_mode": "run.tgt_mode", "batch_size": "run.batch_size",
+    "max_new_tokens": "run.max_new_tokens", "analysis": "run.analysis", "samples": "run.samples",
+    "temperature": "run.temperature", "allow_any_mode_pair": "run.allow_any_mode_pair", "out": "run.out",
+    "cache": "run.cache",
+}  # fmt: skip
+
+
+def eval_config(args: argparse.Namespace):
+    """The eval settings: defaults < --config < the flags given < key=value overrides."""
+    from dataclasses import replace
+
+    from .config import load_tree
+    from .eval.config import EvalConfig, check_eval, load_eval_config
+
+    cfg = load_eval_config(args.config)
+    for flag, key in EVAL_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if flag == "analysis":
+            value = [a.strip() for a in value.split(",") if a.strip()]
+        section, name = key.split(".")
+        value = str(value) if isinstance(value, Path) else value
+        setattr(cfg, section, replace(getattr(cfg, section), **{name: value}))
+    return load_tree(EvalConfig, check_eval, None, args.overrides, base=cfg)  # key=value last
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .embedder import Embedder
+    from .eval.config import save_eval_config
     from .eval.evaluate import evaluate
     from .eval.runner import EvalSettings
 
-    analyses = tuple(a.strip() for a in args.analysis.split(",") if a.strip())
-    bad = [a for a in analyses if a not in ("oracle", "pass@k")]
-    if bad:
-        raise InputError(f"--analysis {bad}: choose from oracle, pass@k")
+    cfg = eval_config(args)
+    m, d, r = cfg.model, cfg.data, cfg.run
     quiet_libraries()
-    name = Path(args.model).name or str(args.model)
-    out = args.out or Path("runs") / "eval" / f"{name}-{args.tasks.replace(',', '+')[:60]}"
+    out = cfg.out_dir()
     settings = EvalSettings(
-        qry_mode=args.qry_mode,
-        tgt_mode=args.tgt_mode or "",  # "": the default for the query mode and the model (evaluate)
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        allow_any_mode_pair=args.allow_any_mode_pair,
+        qry_mode=r.qry_mode,
+        tgt_mode=r.tgt_mode,  # "": the default for the query mode and the model (evaluate)
+        batch_size=r.batch_size,
+        max_new_tokens=r.max_new_tokens or None,
+        allow_any_mode_pair=r.allow_any_mode_pair,
         progress=not args.quiet,
     )
-    from .embedder import Embedder
-
+    load = (
+        {"dtype": m.dtype or None}
+        | ({"base": m.base} if m.base else {})
+        | ({"profile": m.profile} if m.profile else {})
+    )
     result = evaluate(
-        Embedder.from_pretrained(args.model, **_load_args(args))
-        if args.dtype or args.base or args.profile
-        else args.model,
-        args.tasks,
+        Embedder.from_pretrained(m.name, **load) if m.dtype or m.base or m.profile else m.name,
+        d.tasks,
         out,
         settings,
-        data_root=args.data_root,
-        hub_cache=args.hub_cache,
-        analyses=analyses,
-        samples=args.samples,
-        temperature=args.temperature,
-        cache_root=args.cache,
-        limit=args.limit,
+        data_root=Path(d.root) if d.root else None,
+        hub_cache=Path(d.hub_cache) if d.hub_cache else None,
+        analyses=tuple(r.analysis),
+        samples=r.samples,
+        temperature=r.temperature,
+        cache_root=Path(r.cache) if r.cache else None,
+        limit=d.limit or None,
     )
+    save_eval_config(cfg, out / "eval_config.yaml")
     print(result["report"])
     for run, per_task in result["analysis"].items():
         a = per_task["ALL"]

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_json
+import yaml
+
+from .io import atomic_json, atomic_write
 from .types import InputError
 
 CONFIG_VERSION = 1
@@ -215,3 +218,85 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     ):
         raise InputError(f"{where}: expected {base.__name__}, got {type(value).__name__} ({value!r})")
     return value
+
+
+# ---- typed trees from YAML + overrides (training, eval) ------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 scalars: PyYAML (YAML 1.1) reads `1e-4` as a string (learning rates are written that way)
+    and `no` / `yes` / `on` / `off` as booleans (`run.mixed_precision=no` must stay the string 'no')."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+)$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+class Tree:
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_tree(
+    cls, check_fn, path: Path | None, overrides: list[str] | tuple[str, ...], base: Tree | None = None
+):
+    """One config mechanism for every stage: the typed tree `cls` from its defaults (or `base`) < the YAML
+    file at `path` < `key=value` overrides (values parsed as YAML: 1e-4, true, [a, b]), checked by
+    `check_fn(cfg, where)`. Unknown keys and wrong types are errors naming the key and the file."""
+    data: dict = (base or cls()).to_dict()
+    where = "defaults" if base is None else "settings"
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = _yaml(path.read_text()) or {}
+        except OSError as e:
+            raise InputError(f"{path}: cannot read the config: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise InputError(f"{path}: not valid YAML ({e})") from None
+        from_dict(cls, loaded, where=str(path))  # strict: unknown keys and wrong types named
+        data = _merge(data, loaded)
+        where = str(path)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"override {item!r}: expected key=value, e.g. optim.lr=1e-4")
+        node = data
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                known = sorted(node) if isinstance(node, dict) else []
+                raise InputError(
+                    f"override {item!r}: unknown key {'.'.join(parts[: i + 1])!r}; known here: {known}"
+                )
+            if i < len(parts) - 1:
+                node = node[part]
+        try:
+            node[parts[-1]] = _yaml(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            node[parts[-1]] = raw
+        where = f"{where} + overrides"
+    return check_fn(from_dict(cls, data, where=where), where)
+
+
+def _merge(base: dict, new: dict) -> dict:
+    out = dict(base)
+    for k, v in new.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def save_tree(cfg: Tree, path: Path) -> None:
+    """The resolved tree as YAML (loads back with load_tree to the same config)."""
+    atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

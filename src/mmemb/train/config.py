@@ -9,42 +9,14 @@ Every field has help text. An unknown key, a wrong type or a missing file is an 
 
 from __future__ import annotations
 
-import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from ..config import BackboneConfig, from_dict, setting
-from ..io import atomic_write
+from ..config import BackboneConfig, Tree, load_tree, save_tree, setting
 from ..types import InputError
 
 VARIANTS = ("none", "all", "selected")
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.2 scalars: PyYAML (YAML 1.1) reads `1e-4` as a string (learning rates are written that way)
-    and `no` / `yes` / `on` / `off` as booleans (`run.mixed_precision=no` must stay the string 'no')."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+)$"),
-    list("-+0123456789."),
-)
-
-
-def _yaml(text: str):
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 @dataclass
@@ -147,13 +119,8 @@ class RunSection:
     )
 
 
-class _Tree:
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
 @dataclass
-class TrainConfig(_Tree):
+class TrainConfig(Tree):
     model: ModelSection = field(default_factory=ModelSection, metadata={"help": "What to train."})
     data: DataSection = field(default_factory=DataSection, metadata={"help": "Training pairs and reasoning."})
     loss: LossSection = field(default_factory=LossSection, metadata={"help": "Loss terms and weights."})
@@ -215,7 +182,7 @@ class PolicyRunSection:
 
 
 @dataclass
-class PolicyTrainConfig(_Tree):
+class PolicyTrainConfig(Tree):
     model: ModelSection = field(default_factory=ModelSection, metadata={"help": "The (stage-1) embedder."})
     data: PolicyDataSection = field(default_factory=PolicyDataSection, metadata={"help": "Queries."})
     policy: PolicySection = field(default_factory=PolicySection, metadata={"help": "Actions and reward."})
@@ -302,58 +269,15 @@ def mixed_precision(cfg: TrainConfig) -> str:
 
 def load_train_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """defaults < YAML at `path` < `key=value` overrides (values parsed as YAML: 1e-4, true, [a, b])."""
-    return load_config(TrainConfig, check, path, overrides)
+    return load_tree(TrainConfig, check, path, overrides)
 
 
 def load_policy_config(
     path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> PolicyTrainConfig:
     """The policy stage's config, resolved like `load_train_config`."""
-    return load_config(PolicyTrainConfig, check_policy, path, overrides)
-
-
-def load_config(cls, check_fn, path: Path | None, overrides: list[str] | tuple[str, ...]):
-    data: dict = cls().to_dict()
-    where = "defaults"
-    if path is not None:
-        path = Path(path)
-        try:
-            loaded = _yaml(path.read_text()) or {}
-        except OSError as e:
-            raise InputError(f"{path}: cannot read the config: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise InputError(f"{path}: not valid YAML ({e})") from None
-        from_dict(cls, loaded, where=str(path))  # strict: unknown keys and wrong types named
-        data = _merge(data, loaded)
-        where = str(path)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise InputError(f"override {item!r}: expected key=value, e.g. optim.lr=1e-4")
-        node = data
-        parts = key.split(".")
-        for i, part in enumerate(parts):
-            if not isinstance(node, dict) or part not in node:
-                known = sorted(node) if isinstance(node, dict) else []
-                raise InputError(
-                    f"override {item!r}: unknown key {'.'.join(parts[: i + 1])!r}; known here: {known}"
-                )
-            if i < len(parts) - 1:
-                node = node[part]
-        try:
-            node[parts[-1]] = _yaml(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            node[parts[-1]] = raw
-        where = f"{where} + overrides"
-    return check_fn(from_dict(cls, data, where=where), where)
-
-
-def _merge(base: dict, new: dict) -> dict:
-    out = dict(base)
-    for k, v in new.items():
-        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return out
+    return load_tree(PolicyTrainConfig, check_policy, path, overrides)
 
 
 def save_train_config(cfg: TrainConfig | PolicyTrainConfig, path: Path) -> None:
-    atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    save_tree(cfg, path)
