@@ -309,8 +309,8 @@ def eval_config(args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .config import save_tree
     from .embedder import Embedder
-    from .eval.config import save_eval_config
     from .eval.evaluate import evaluate
     from .eval.runner import EvalSettings
 
@@ -326,13 +326,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         allow_any_mode_pair=r.allow_any_mode_pair,
         progress=not args.quiet,
     )
-    load = (
-        {"dtype": m.dtype or None}
-        | ({"base": m.base} if m.base else {})
-        | ({"profile": m.profile} if m.profile else {})
-    )
     result = evaluate(
-        Embedder.from_pretrained(m.name, **load) if m.dtype or m.base or m.profile else m.name,
+        Embedder.from_pretrained(m.name, **_load_args(m)) if m.dtype or m.base or m.profile else m.name,
         d.tasks,
         out,
         settings,
@@ -344,7 +339,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cache_root=Path(r.cache) if r.cache else None,
         limit=d.limit or None,
     )
-    save_eval_config(cfg, out / "eval_config.yaml")
+    save_tree(cfg, out / "eval_config.yaml")  # the resolved settings: `--config` reruns them
     print(result["report"])
     for run, per_task in result["analysis"].items():
         a = per_task["ALL"]
@@ -506,9 +501,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    "does (README: Published checkpoints); default: what the checkpoint names, else mmemb's own")  # fmt: skip
 
 
-def _load_args(args: argparse.Namespace) -> dict:
-    """from_pretrained's --dtype, --base (a PEFT adapter's base, as a backbone override) and --profile."""
-    out = {"dtype": args.dtype}
+def _load_args(args) -> dict:
+    """from_pretrained's dtype, base (a PEFT adapter's base, as a backbone override) and profile, from the
+    flags or the eval config's model section (empty: not given)."""
+    out = {"dtype": getattr(args, "dtype", None) or None}
     if getattr(args, "base", None):
         out["base"] = args.base
     if getattr(args, "profile", None):

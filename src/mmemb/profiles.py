@@ -53,14 +53,12 @@ class Profile:
     video: str = ""  # placeholder per video
     positions: str = "mrope"  # "mrope" (the model's get_rope_index) or "text" (plain 1-D, all axes equal)
     blank_image: bool = False  # text-only inputs get a white 28x28 JPEG image before the text
-    pre_resize: dict = field(
-        default_factory=dict
-    )  # qwen-vl-utils fetch_image: factor, min_pixels, max_pixels
+    # qwen-vl-utils fetch_image: {factor, min_pixels, max_pixels}
+    pre_resize: dict = field(default_factory=dict)
     small_image: dict = field(default_factory=dict)  # {"below": b, "to": s}: a side < b -> resized to s x s
     no_processor_resize: bool = False  # the image processor gets do_resize=False
-    video_resize: dict = field(
-        default_factory=dict
-    )  # qwen-vl-utils 0.0.14 fetch_video for frames (see video_frames)
+    # qwen-vl-utils 0.0.14 fetch_video for a frame list (see video_frames)
+    video_resize: dict = field(default_factory=dict)
     rgba_on_white: bool = False  # an RGBA image is composited onto white (qwen-vl-utils' to_rgb)
     max_images: int = 0  # images an item keeps (0: all; UME-R1's harness embeds only the first)
     min_pixels: int = 0
@@ -159,7 +157,9 @@ def blank_image() -> Image.Image:
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
     """qwen-vl-utils' smart_resize (0.0.11 and 0.0.14 agree): sides multiples of `factor`, area in bounds,
-    aspect kept. (h, w) -> (h', w')."""
+    aspect kept. (h, w) -> (h', w'). Not transformers' function of the same name: that one floors to
+    max(factor, ...) in the shrinking branch and does not round up to one factor first, so tiny or thin images
+    get other sizes."""
     if max(height, width) / min(height, width) > 200:
         raise InputError(
             f"image is {width}x{height}: aspect ratio over 200, which the model's resize refuses"

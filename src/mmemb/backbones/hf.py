@@ -143,7 +143,7 @@ class HFBackbone(Backbone):
     def prepare(self, samples: list[Sample], texts: list[str]) -> Prompts:
         f = self.family
         self.check_reserved(samples, [f["image_pad"], f["video_pad"], f["vision_start"], f["vision_end"]])
-        images, videos = [], []
+        images, videos = [], []  # videos: (sample, its frames)
         for s in samples:
             got = sample_images(
                 s,
@@ -153,7 +153,7 @@ class HFBackbone(Backbone):
             )
             got = self.profile.media_images(s, got)
             if self._as_video(s):
-                videos.append(got)
+                videos.append((s, got))
             else:
                 images += got
         kwargs = {"do_resize": False} if self.profile.no_processor_resize else {}
@@ -167,10 +167,7 @@ class HFBackbone(Backbone):
             extra["pixel_values"] = processed["pixel_values"].to(self.model.model.visual.dtype)
             extra["image_grid_thw"] = grid
         if videos:
-            parts = [
-                self._video_patches(frames, s, kwargs)
-                for frames, s in zip(videos, [s for s in samples if self._as_video(s)], strict=True)
-            ]
+            parts = [self._video_patches(frames, s, kwargs) for s, frames in videos]
             grid = torch.stack([g for _, g in parts])  # (V, 3)
             if f["video"] == "timestamps":  # one marked block per temporal group, each after its time
                 block = f["vision_start"] + f["video_pad"] + f["vision_end"]
@@ -187,9 +184,7 @@ class HFBackbone(Backbone):
         self.check_lengths(samples, mask.sum(1).tolist())
         mm_types = (ids == self.image_pad_id).long()  # (B, T): 1 on image tokens, 2 on video, 0 on text
         mm_types += 2 * (ids == self.video_pad_id).long()
-        if (
-            self.profile.positions == "text"
-        ):  # prompts without vision markers: the model's own positions are 1-D
+        if self.profile.positions == "text":  # prompts without vision markers: the model's positions are 1-D
             positions = self.text_positions(mask)  # (3, B, T)
         else:
             positions, _ = self.model.model.get_rope_index(

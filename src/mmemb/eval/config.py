@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Tree, load_tree, save_tree, setting
+from ..config import Tree, load_tree, setting
 from ..types import MODES, InputError
 
 ANALYSES = ("oracle", "pass@k")
@@ -89,7 +89,3 @@ def check_eval(cfg: EvalConfig, where: str = "config") -> EvalConfig:
 
 def load_eval_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> EvalConfig:
     return load_tree(EvalConfig, check_eval, path, overrides)
-
-
-def save_eval_config(cfg: EvalConfig, path: Path) -> None:
-    save_tree(cfg, path)
