@@ -27,7 +27,7 @@ from mmemb import Embedder
 from mmemb.config import EmbedderConfig
 from mmemb.data.pairs import Pair, read_pairs
 from mmemb.reasoning.candidates import generate_candidates
-from mmemb.reasoning.run import run_select
+from mmemb.reasoning.select import run_select
 from mmemb.reasoning.teachers import LocalTeacher, Reply
 from mmemb.types import Embeddings, Sample
 

@@ -12,7 +12,7 @@ import torch
 
 from mmemb.data.pairs import Pair, read_pairs
 from mmemb.reasoning import candidates as cio
-from mmemb.reasoning import scorers
+from mmemb.reasoning import scoring
 from mmemb.reasoning.format import no_think_completion, parse_rationale, think_completion
 from mmemb.reasoning.select import select
 from mmemb.reasoning.teachers import FileTeacher, Reply, Request
@@ -118,12 +118,12 @@ def test_scorers_golden_values():
     q = np.array([[1.0, 0.0]])
     q_r = np.array([[0.6, 0.8]])
     q_swap = np.array([[0.8, 0.6]])
-    assert scorers.absolute(q_r, t) == pytest.approx([0.8])
-    assert scorers.with_vs_without(q_r, q, t) == pytest.approx([0.8])
-    assert scorers.swapped_control(q_r, q_swap, t) == pytest.approx([0.2])
+    assert scoring.absolute(q_r, t) == pytest.approx([0.8])
+    assert scoring.with_vs_without(q_r, q, t) == pytest.approx([0.8])
+    assert scoring.swapped_control(q_r, q_swap, t) == pytest.approx([0.2])
     # contrastive, docstring example: tau 1, one negative n = [1, 0]
     negs = np.array([[[1.0, 0.0]]])
-    gain = scorers.contrastive_gain(np.array([[0.0, 1.0]]), q, t, negs, tau=1.0)
+    gain = scoring.contrastive_gain(np.array([[0.0, 1.0]]), q, t, negs, tau=1.0)
     assert gain == pytest.approx([(1 - math.log(math.e + 1)) - (0 - math.log(1 + math.e))])  # = 1.0
     assert gain == pytest.approx([1.0])
 
@@ -141,17 +141,17 @@ def test_contrastive_gain_by_hand_with_a_masked_negative_and_tau():
         return s[0] - math.log(sum(math.exp(v) for v in s))
 
     want = log_p(q_r[0]) - log_p(q[0])
-    assert scorers.contrastive_gain(q_r, q, t, negs, mask, tau) == pytest.approx([want])
+    assert scoring.contrastive_gain(q_r, q, t, negs, mask, tau) == pytest.approx([want])
     # a rationale that pulls the target *and* the negatives equally closer gains nothing
     q_all = np.array([[1.0, 1.0, 1.0]]) / math.sqrt(3)
-    same = scorers.contrastive_gain(q_all, q_all, t, negs, mask, tau)
+    same = scoring.contrastive_gain(q_all, q_all, t, negs, mask, tau)
     assert same == pytest.approx([0.0])
 
 
 def test_scorers_propagate_missing_candidates_as_nan():
     t = np.array([[1.0, 0.0], [1.0, 0.0]])
     q_r = np.array([[1.0, 0.0], [np.nan, np.nan]])
-    u = scorers.with_vs_without(q_r, t, t)
+    u = scoring.with_vs_without(q_r, t, t)
     assert u[0] == 0.0 and np.isnan(u[1])
 
 

@@ -307,8 +307,8 @@ class Study:
     def stage_select(self, stage: str) -> dict:
         from .embedder import Embedder
         from .paths import embeddings_dir
-        from .reasoning.run import run_select
         from .reasoning.scoring import ScoreSettings
+        from .reasoning.select import run_select
 
         utility = "absolute" if stage == "select-absolute" else "pair"
         summary = run_select(

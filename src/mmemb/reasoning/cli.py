@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..runtime import deprecated
 from ..types import InputError
-from .scorers import UTILITIES
+from .scoring import UTILITIES
 
 HELP = "Reasoning paths: generate candidate rationales, select them by counterfactual utility, inspect."
 
@@ -246,8 +246,8 @@ def _cache(args: argparse.Namespace) -> Path:
 
 def cmd_select(args: argparse.Namespace) -> int:
     from .candidates import load_for
-    from .run import format_summary, run_select
     from .scoring import ScoreSettings
+    from .select import format_summary, run_select
 
     pairs = load_pairs(args)
     load_for(pairs, args.candidates)  # checked before the model loads
@@ -300,8 +300,8 @@ def _report(args: argparse.Namespace, report: dict, text: str, name: str) -> int
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .run import format_inspect, run_inspect
     from .scoring import ScoreSettings
+    from .sensitivity import format_inspect, run_inspect
 
     pairs, embedder = _scored_pairs(args)
     report = run_inspect(
