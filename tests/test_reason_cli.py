@@ -174,3 +174,44 @@ def test_generate_imports_ume_r1_sft_reasoning_as_candidate_zero(tmp_path, capsy
     rows = {r["pair_id"]: r for r in cio.read_candidates(out)}
     assert {pid: r["text"] for pid, r in rows.items()} == EXPECTED_RATIONALES
     assert all(r["valid"] for r in rows.values())
+
+
+def test_reason_settings_resolve_defaults_file_flags_overrides_in_that_order(tmp_path, capsys):
+    from mmemb.cli import build_parser
+    from mmemb.reasoning.cli import reason_config
+    from mmemb.types import InputError
+
+    def resolve(command, *argv):
+        return reason_config(build_parser().parse_args(["reason", command, *argv]))
+
+    conf = tmp_path / "r.yaml"
+    conf.write_text("data:\n  candidates: c.jsonl\nselect:\n  delta: 0.5\n  rule: soft\n")
+    cfg = resolve("select", "--config", str(conf), "--out", "o", "--delta", "0.2", "select.rule=all")
+    assert (cfg.data.candidates, cfg.select.out, cfg.select.delta, cfg.select.rule) == (
+        "c.jsonl",
+        "o",
+        0.2,
+        "all",
+    )
+    cfg = resolve("select", "--config", str(conf), "--out", "o", "select.delta=0.3", "--delta", "0.1")
+    assert (cfg.select.delta, cfg.select.rule, cfg.score.model) == (0.3, "soft", "nano")  # key=value last
+    capsys.readouterr()
+    cfg = resolve("select", "--candidates", "c", "--out", "o", "--tau", "0.1", "--limit-per-task", "3")
+    assert (cfg.select.loss_temperature, cfg.data.limit) == (0.1, 3)  # the old names, for one release
+    assert "--tau is deprecated" in capsys.readouterr().err
+    assert resolve("diagnose", "--candidates", "c").diagnose.own is True
+    assert resolve("diagnose", "--candidates", "c", "--no-own").diagnose.own is False
+    for argv, says in (
+        (["--candidates", "c"], r"set select.out \(--out\)"),
+        (["--out", "o"], r"set data.candidates \(--candidates\)"),
+        (["--candidates", "c", "--out", "o", "--utility", "nope"], "select.utility 'nope': choose one of"),
+        (["--candidates", "c", "--out", "o", "--rule", "best"], "select.rule 'best': choose one of"),
+        (["--candidates", "c", "--out", "o", "--batch-size", "0"], r"score.batch_size must be >= 1"),
+        (["--candidates", "c", "--out", "o", "select.dleta=1"], "unknown key 'select.dleta'"),
+    ):
+        with pytest.raises(InputError, match=says):
+            resolve("select", *argv)
+    assert (
+        main(["reason", "select", "--candidates", "c", "--out", str(tmp_path / "o"), "--rule", "best"]) == 2
+    )
+    assert "select.rule 'best'" in capsys.readouterr().err and not (tmp_path / "o").exists()

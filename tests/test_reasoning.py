@@ -316,6 +316,12 @@ def test_select_and_inspect_end_to_end_on_nano(nano, toy, tmp_path, capsys):
     )
     s2 = json.loads((tmp_path / "sel2" / "summary.json").read_text())
     assert s2["embedded_now"] == 0 and s2["overall"]["think"] == 0
+    # the saved settings rerun the first selection alone (into another folder)
+    saved = out / "select_config.yaml"
+    assert (
+        main(["reason", "select", "--config", str(saved), f"select.out={tmp_path / 'sel4'}", "--quiet"]) == 0
+    )
+    assert (tmp_path / "sel4" / "selection.jsonl").read_bytes() == (out / "selection.jsonl").read_bytes()
     capsys.readouterr()
     assert (
         main(

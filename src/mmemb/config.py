@@ -300,3 +300,44 @@ def _merge(base: dict, new: dict) -> dict:
 def save_tree(cfg: Tree, path: Path) -> None:
     """The resolved tree as YAML (loads back with load_tree to the same config)."""
     atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ---- flags over a typed tree (eval, reason, reproduce) --------------------------------------------
+def tree_field(cls, key: str) -> dataclasses.Field:
+    """The dataclass field behind a dotted key of the typed tree `cls`, e.g. "select.delta"."""
+    *parents, last = key.split(".")
+    for part in parents:
+        cls = typing.get_type_hints(cls)[part]
+    return next(f for f in dataclasses.fields(cls) if f.name == last)
+
+
+def add_flags(parser, cls, flags: dict[str, str]) -> None:
+    """One flag per `flag -> key` of the typed tree `cls`. The type, help and default come from the tree's
+    field, the one place they are written; an unset flag is None and leaves the config's value. A bool
+    flag named --no-X sets False, any other sets True."""
+    for flag, key in flags.items():
+        f = tree_field(cls, key)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = f"{f.metadata['help']} (default {default!r}; {key})".replace("%", "%%")
+        if isinstance(default, bool):
+            const = not flag.startswith("--no-")
+            parser.add_argument(flag, action="store_const", const=const, default=None, help=text)
+        else:
+            parser.add_argument(flag, type=type(default), default=None, metavar=flag[2:].upper(), help=text)
+
+
+def resolve_tree(cls, check_fn, path: Path | None, args, flags: dict[str, str], overrides=(), base=None):
+    """defaults (or `base`) < the YAML file at `path` < the flags given in `args` (`flag -> key`, as for
+    add_flags; None = not given) < `key=value` overrides: the order of every stage's settings."""
+    data = load_tree(cls, check_fn, path, (), base=base).to_dict()
+    for flag, key in flags.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        if value is None:
+            continue
+        *parents, last = key.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        node[last] = str(value) if isinstance(value, Path) else value
+    given = from_dict(cls, data, where="flags")
+    return load_tree(cls, check_fn, None, overrides, base=check_fn(given, "flags"))

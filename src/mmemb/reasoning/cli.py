@@ -7,120 +7,89 @@ import json
 import sys
 from pathlib import Path
 
-from ..runtime import deprecated
+from ..config import add_flags, resolve_tree, save_tree, tree_field
+from ..runtime import deprecated, quiet_libraries
 from ..types import InputError
-from .scoring import UTILITIES
+from .config import ReasonConfig, check_reason, required, saved_path
 
 HELP = "Reasoning paths: generate candidate rationales, select them by counterfactual utility, inspect."
-
-TEACHERS = (
-    "hints (rationales written from the privileged hints, no model) | nano | local:MODEL (a model run "
-    "here: 'nano', an mmemb folder, a Qwen-VL folder or hub id) | "
-    "openai:MODEL (an OpenAI-compatible server at --base-url, e.g. vLLM) | file:PATH (import rationales: "
-    "a candidates file or UME-R1 SFT JSON)"
+SETTINGS = (
+    "Settings: defaults < --config FILE < flags < key=value (reasoning/config.py); the resolved ones are saved "
+    "beside the outputs, and `--config` on that file reruns them."
 )
+
+# flag -> its key in the reason config, per command (the flags' help and defaults come from the config)
+DATA_FLAGS = {
+    "--data": "data.source", "--split": "data.split", "--tasks": "data.tasks", "--limit": "data.limit",
+    "--skip": "data.skip", "--media-root": "data.media_root",
+}  # fmt: skip
+SCORE_FLAGS = {
+    "--model": "score.model", "--candidates": "data.candidates", "--batch-size": "score.batch_size",
+    "--cache": "score.cache",
+}  # fmt: skip
+FLAGS = {
+    "generate": DATA_FLAGS | {"--out": "data.candidates"} | {
+        f"--{name.replace('_', '-')}": f"generate.{name}"
+        for name in ("teacher", "samples", "temperature", "top_p", "batch_size", "seed", "max_think_tokens",
+                     "max_answer_tokens", "base_url", "max_tokens", "concurrency", "timeout", "retries")
+    },
+    "select": DATA_FLAGS | SCORE_FLAGS | {
+        f"--{name.replace('_', '-')}": f"select.{name}"
+        for name in ("out", "utility", "rule", "delta", "soft_temperature", "negatives", "loss_temperature", "seed")
+    },
+    "inspect": DATA_FLAGS | SCORE_FLAGS | {
+        "--selection": "inspect.selection", "--n": "inspect.n", "--examples": "inspect.examples",
+        "--out": "inspect.out",
+    },
+    "diagnose": DATA_FLAGS | SCORE_FLAGS | {
+        "--no-own": "diagnose.own", "--max-new-tokens": "diagnose.max_new_tokens", "--out": "diagnose.out",
+    },
+}  # fmt: skip
+# what each command cannot run without (key -> flag)
+REQUIRED = {
+    "generate": {"data.candidates": "--out"},
+    "select": {"data.candidates": "--candidates", "select.out": "--out"},
+    "inspect": {"data.candidates": "--candidates"},
+    "diagnose": {"data.candidates": "--candidates"},
+}
+COMMANDS = {
+    "generate": "K candidate rationales per query, appended to the candidates file; resumes after a kill",
+    "select": "score candidates by counterfactual utility; choose; label think/no-think",
+    "inspect": "reasoning sensitivity of a model; utilities; kept and rejected examples",
+    "diagnose": "what reasoning adds to a model on held-out pairs: hit@1 without reasoning, with the teacher's "
+    "rationales (mean, best), with another pair's, with its own; paired intervals; sensitivity",
+}
+DEPRECATED = {  # old flag -> (new flag, type), kept for one release
+    "generate": {"--limit-per-task": "--limit", "--skip-per-task": "--skip", "--k": "--samples"},
+    "select": {"--limit-per-task": "--limit", "--skip-per-task": "--skip", "--tau": "--loss-temperature",
+               "--temperature": "--soft-temperature"},
+    "inspect": {"--limit-per-task": "--limit", "--skip-per-task": "--skip"},
+    "diagnose": {"--limit-per-task": "--limit", "--skip-per-task": "--skip"},
+}  # fmt: skip
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("reason", help=HELP, description=HELP)
     rsub = p.add_subparsers(dest="reason_command", metavar="REASON_COMMAND", required=True)
-
-    def data_args(q: argparse.ArgumentParser) -> None:
+    for command, text in COMMANDS.items():
+        q = rsub.add_parser(command, help=text, description=f"{text}. {SETTINGS}")
+        q.add_argument("--config", type=Path, help="a YAML reason config (e.g. a run's saved *_config.yaml)")
         q.add_argument(
-            "--data",
-            default="mmeb-mini",
-            help="training pairs: mmeb-mini, a mini-layout folder, an MMEB-train file (.jsonl/.parquet) or "
-            "UME-R1 SFT JSON",
+            "overrides", nargs="*", help="key=value settings, e.g. select.delta=0.01 data.limit=40"
         )
-        q.add_argument("--split", default="train")
-        q.add_argument("--tasks", default="", help="comma-separated task names (default: all)")
-        q.add_argument(
-            "--limit", type=int, default=0, help="at most N pairs per task, hash-sampled (0 = all)"
-        )
-        deprecated(q, "--limit-per-task", "--limit", type=int)
-        q.add_argument("--media-root", type=Path, help="media folder for MMEB-train / UME-R1 files")
-        q.add_argument(
-            "--skip",
-            type=int,
-            default=0,
-            help="first drop the pairs --limit N would pick per task: held-out pairs of a model trained on N",
-        )
-        deprecated(q, "--skip-per-task", "--skip", type=int)
+        add_flags(q, ReasonConfig, FLAGS[command])
+        for old, new in DEPRECATED[command].items():
+            deprecated(q, old, new, type=type(tree_field(ReasonConfig, FLAGS[command][new]).default))
+        q.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    g = rsub.add_parser("generate", help="K candidate rationales per query, appended; resumes after a kill")
-    data_args(g)
-    g.add_argument("--teacher", default="nano", help=TEACHERS)
-    g.add_argument("--samples", type=int, default=4, help="candidate rationales per query (the K samples)")
-    deprecated(g, "--k", "--samples", type=int)
-    g.add_argument("--out", type=Path, required=True, help="candidates file (.jsonl), appended to")
-    g.add_argument("--temperature", type=float, default=0.7)
-    g.add_argument("--top-p", type=float, default=0.9)
-    g.add_argument("--batch-size", type=int, default=16, help="requests per teacher call (and per fsync)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--max-think-tokens", type=int, default=48, help="local teachers")
-    g.add_argument("--max-answer-tokens", type=int, default=24, help="local teachers")
-    g.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="openai teachers")
-    g.add_argument("--max-tokens", type=int, default=256, help="openai teachers")
-    g.add_argument("--concurrency", type=int, default=8, help="openai teachers: requests in flight")
-    g.add_argument("--timeout", type=float, default=60.0, help="openai teachers: seconds per request")
-    g.add_argument("--retries", type=int, default=3, help="openai teachers: attempts per request")
-    g.add_argument("--quiet", action="store_true")
 
-    s = rsub.add_parser(
-        "select", help="score candidates by counterfactual utility; choose; label think/no-think"
+def reason_config(args: argparse.Namespace) -> ReasonConfig:
+    """The settings of `args.reason_command`: defaults < --config < the flags given < key=value overrides."""
+    cfg = resolve_tree(
+        ReasonConfig, check_reason, args.config, args, FLAGS[args.reason_command], args.overrides
     )
-    data_args(s)
-    s.add_argument("--model", default="nano", help="the scorer embedder")
-    s.add_argument("--candidates", type=Path, required=True)
-    s.add_argument(
-        "--out", type=Path, required=True, help="folder for selection.jsonl, summary.json, utilities.png"
-    )
-    s.add_argument("--utility", default="pair", choices=list(UTILITIES))
-    s.add_argument("--rule", default="hard", choices=["hard", "soft", "all"])
-    s.add_argument("--delta", type=float, default=0.0, help="best utility must exceed this, else no-think")
-    s.add_argument("--soft-temperature", type=float, default=0.05, help="soft rule: softmax temperature")
-    deprecated(s, "--temperature", "--soft-temperature", type=float)
-    s.add_argument(
-        "--negatives", type=int, default=15, help="contrastive: negatives per pair (data, then mined)"
-    )
-    s.add_argument("--loss-temperature", type=float, default=0.02,
-                   help="contrastive utility: the InfoNCE temperature (training's loss.temperature)")  # fmt: skip
-    deprecated(s, "--tau", "--loss-temperature", type=float)
-    s.add_argument("--batch-size", type=int, default=16)
-    s.add_argument("--seed", type=int, default=0, help="order of swapped-control donors")
-    s.add_argument("--cache", type=Path, help="embedding cache folder (default ~/.cache/mmemb/embeddings)")
-    s.add_argument("--quiet", action="store_true")
-
-    i = rsub.add_parser(
-        "inspect", help="reasoning sensitivity of a model; utilities; kept and rejected examples"
-    )
-    data_args(i)
-    i.add_argument("--model", default="nano")
-    i.add_argument("--candidates", type=Path, required=True)
-    i.add_argument(
-        "--selection", type=Path, help="selection.jsonl from `reason select` (utilities, examples)"
-    )
-    i.add_argument("--n", type=int, default=64, help="pairs for the sensitivity measurement")
-    i.add_argument("--examples", type=int, default=3)
-    i.add_argument("--out", type=Path, help="write inspect.json here too")
-    i.add_argument("--batch-size", type=int, default=16)
-    i.add_argument("--cache", type=Path)
-    i.add_argument("--quiet", action="store_true")
-
-    d = rsub.add_parser(
-        "diagnose",
-        help="what reasoning adds to a model on held-out pairs: hit@1 without reasoning, with the teacher's "
-        "rationales (mean, best), with another pair's, with its own; paired intervals; sensitivity",
-    )
-    data_args(d)
-    d.add_argument("--model", default="nano")
-    d.add_argument("--candidates", type=Path, required=True, help="teacher candidates for these pairs")
-    d.add_argument("--no-own", action="store_true", help="skip the model's own rationales (think mode)")
-    d.add_argument("--max-new-tokens", type=int, default=64, help="own rationales: token budget")
-    d.add_argument("--out", type=Path, help="write diagnose.json here too")
-    d.add_argument("--batch-size", type=int, default=16)
-    d.add_argument("--cache", type=Path)
-    d.add_argument("--quiet", action="store_true")
+    required(cfg, args.reason_command, REQUIRED[args.reason_command])
+    return cfg
 
 
 def cmd_reason(args: argparse.Namespace) -> int:
@@ -130,96 +99,106 @@ def cmd_reason(args: argparse.Namespace) -> int:
         "inspect": cmd_inspect,
         "diagnose": cmd_diagnose,
     }
-    return commands[args.reason_command](args)
+    cfg = reason_config(args)  # every key checked before any model loads
+    quiet_libraries()
+    return commands[args.reason_command](cfg, args.quiet)
 
 
-def load_pairs(args: argparse.Namespace):
+def save_config(cfg: ReasonConfig, command: str) -> None:
+    path = saved_path(cfg, command)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_tree(cfg, path)
+
+
+def load_pairs(cfg: ReasonConfig):
     from ..data.pairs import read_pairs
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] or None
+    d = cfg.data
     pairs = read_pairs(
-        args.data,
-        split=args.split,
-        tasks=tasks,
-        limit_per_task=args.limit,
-        media_root=args.media_root,
-        skip_per_task=args.skip,
+        d.source,
+        split=d.split,
+        tasks=d.task_list(),
+        limit_per_task=d.limit,
+        media_root=Path(d.media_root) if d.media_root else None,
+        skip_per_task=d.skip,
     )
     if not pairs:
-        raise InputError(f"--data {args.data}: no pairs (split {args.split!r}, tasks {tasks})")
+        raise InputError(f"data.source {d.source}: no pairs (split {d.split!r}, tasks {d.task_list()})")
     return pairs
 
 
-def make_teacher(args: argparse.Namespace):
+def make_teacher(cfg: ReasonConfig):
     from .teachers import FileTeacher, HintTeacher, LocalTeacher
 
-    spec = args.teacher
+    g = cfg.generate
+    spec = g.teacher
     kind, _, rest = spec.partition(":")
     if spec == "hints":
         return HintTeacher()
     if spec == "nano" or kind == "local":
         from ..embedder import Embedder
-        from ..runtime import quiet_libraries
 
-        quiet_libraries()
         model = "nano" if spec == "nano" else rest
         return LocalTeacher(
             Embedder.from_pretrained(model),
             name=f"local:{model}",
-            temperature=args.temperature,
-            top_p=args.top_p,
-            max_think_tokens=args.max_think_tokens,
-            max_answer_tokens=args.max_answer_tokens,
-            batch_size=args.batch_size,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            max_think_tokens=g.max_think_tokens,
+            max_answer_tokens=g.max_answer_tokens,
+            batch_size=g.batch_size,
         )
     if kind == "openai" and rest:
         from .openai_teacher import OpenAITeacher
 
         return OpenAITeacher(
-            args.base_url,
+            g.base_url,
             rest,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            max_tokens=args.max_tokens,
-            concurrency=args.concurrency,
-            timeout=args.timeout,
-            retries=args.retries,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            max_tokens=g.max_tokens,
+            concurrency=g.concurrency,
+            timeout=g.timeout,
+            retries=g.retries,
         )
     if kind == "file" and rest:
         return FileTeacher(Path(rest))
-    raise InputError(f"--teacher {spec!r}: expected {TEACHERS}")
+    raise InputError(
+        f"--teacher (generate.teacher) {spec!r}: expected {tree_field(ReasonConfig, 'generate.teacher').metadata['help']}"
+    )
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def cmd_generate(cfg: ReasonConfig, quiet: bool) -> int:
     from .candidates import generate_candidates
     from .teachers import FileTeacher
 
-    if args.batch_size < 1 or args.samples < 1:
-        raise InputError("--batch-size and --samples must be >= 1")
-    pairs = load_pairs(args)
-    teacher = make_teacher(args)
+    out = Path(cfg.data.candidates)
+    pairs = load_pairs(cfg)
+    teacher = make_teacher(cfg)
     if isinstance(teacher, FileTeacher):
         unknown = sorted(teacher.ids() - {p.id for p in pairs})
         if unknown:
             raise InputError(
-                f"{teacher.path}: {len(unknown)} query id(s) not in --data {args.data} (first: {unknown[:3]}); "
-                "import rationales for the same dataset"
+                f"{teacher.path}: {len(unknown)} query id(s) not in --data {cfg.data.source} (first: "
+                f"{unknown[:3]}); import rationales for the same dataset"
             )
+    save_config(cfg, "generate")
     report = generate_candidates(
         pairs,
         teacher,
-        args.samples,
-        args.out,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        progress=not args.quiet,
+        cfg.generate.samples,
+        out,
+        batch_size=cfg.generate.batch_size,
+        seed=cfg.generate.seed,
+        progress=not quiet,
     )
     rate = 60 * (report.written + report.failed) / report.seconds if report.seconds else 0.0
-    why = "the hints say nothing more" if args.teacher == "hints" else "not in the teacher's file"
+    why = "the hints say nothing more" if cfg.generate.teacher == "hints" else "not in the teacher's file"
     print(
         f"mmemb reason generate: {report.written} written ({report.malformed} malformed), "
         f"{report.existing} already there, {report.failed} failed, {report.skipped} skipped ({why}); "
-        f"{report.seconds:.0f}s ({rate:.1f} rationales/min) -> {args.out}",
+        f"{report.seconds:.0f}s ({rate:.1f} rationales/min) -> {out}",
         file=sys.stderr,
     )
     if report.failed:
@@ -230,105 +209,99 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embedder(args: argparse.Namespace):
+def _scored_pairs(cfg: ReasonConfig):
+    """select / inspect / diagnose: the pairs (their candidates checked before the model loads), the scorer
+    embedder and the cache folder."""
     from ..embedder import Embedder
-    from ..runtime import quiet_libraries
-
-    quiet_libraries()
-    return Embedder.from_pretrained(args.model)
-
-
-def _cache(args: argparse.Namespace) -> Path:
     from ..paths import embeddings_dir
-
-    return args.cache or embeddings_dir()
-
-
-def cmd_select(args: argparse.Namespace) -> int:
     from .candidates import load_for
+
+    pairs = load_pairs(cfg)
+    load_for(pairs, Path(cfg.data.candidates))
+    cache = Path(cfg.score.cache) if cfg.score.cache else embeddings_dir()
+    return pairs, Embedder.from_pretrained(cfg.score.model), cache
+
+
+def cmd_select(cfg: ReasonConfig, quiet: bool) -> int:
     from .scoring import ScoreSettings
     from .select import format_summary, run_select
 
-    pairs = load_pairs(args)
-    load_for(pairs, args.candidates)  # checked before the model loads
-    embedder = _embedder(args)
+    s = cfg.select
+    pairs, embedder, cache = _scored_pairs(cfg)
     settings = ScoreSettings(
-        negatives=args.negatives,
-        tau=args.loss_temperature,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        progress=not args.quiet,
+        negatives=s.negatives,
+        tau=s.loss_temperature,
+        batch_size=cfg.score.batch_size,
+        seed=s.seed,
+        progress=not quiet,
     )
     summary = run_select(
         embedder,
         pairs,
-        args.candidates,
-        args.out,
-        _cache(args),
-        utility=args.utility,
-        rule=args.rule,
-        delta=args.delta,
-        temperature=args.soft_temperature,
+        Path(cfg.data.candidates),
+        Path(s.out),
+        cache,
+        utility=s.utility,
+        rule=s.rule,
+        delta=s.delta,
+        temperature=s.soft_temperature,
         settings=settings,
     )
+    save_config(cfg, "select")
     print(format_summary(summary))
     print(
-        f"mmemb reason select: outputs in {args.out}/ (selection.jsonl, summary.json, utilities.png)",
+        f"mmemb reason select: outputs in {s.out}/ (selection.jsonl, summary.json, utilities.png, "
+        "select_config.yaml)",
         file=sys.stderr,
     )
     return 0
 
 
-def _scored_pairs(args: argparse.Namespace):
-    """inspect / diagnose: the pairs (their candidates checked before the model loads) and the embedder."""
-    from .candidates import load_for
-
-    pairs = load_pairs(args)
-    load_for(pairs, args.candidates)
-    return pairs, _embedder(args)
-
-
-def _report(args: argparse.Namespace, report: dict, text: str, name: str) -> int:
-    """Print a report and, with --out, write it as OUT/name (atomically)."""
+def _report(cfg: ReasonConfig, command: str, report: dict, text: str) -> int:
+    """Print a report and, with an out folder, write it as OUT/<command>.json (atomically) with the settings."""
     from ..io import atomic_write
 
     print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.out / name, json.dumps(report, indent=2) + "\n")
+    out = getattr(cfg, command).out
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(out) / f"{command}.json", json.dumps(report, indent=2) + "\n")
+        save_config(cfg, command)
     return 0
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
+def cmd_inspect(cfg: ReasonConfig, quiet: bool) -> int:
     from .scoring import ScoreSettings
     from .sensitivity import format_inspect, run_inspect
 
-    pairs, embedder = _scored_pairs(args)
+    i = cfg.inspect
+    pairs, embedder, cache = _scored_pairs(cfg)
     report = run_inspect(
         embedder,
         pairs,
-        args.candidates,
-        _cache(args),
-        selection_path=args.selection,
-        n=args.n,
-        examples=args.examples,
-        settings=ScoreSettings(batch_size=args.batch_size, progress=not args.quiet),
+        Path(cfg.data.candidates),
+        cache,
+        selection_path=Path(i.selection) if i.selection else None,
+        n=i.n,
+        examples=i.examples,
+        settings=ScoreSettings(batch_size=cfg.score.batch_size, progress=not quiet),
     )
-    return _report(args, report, format_inspect(report), "inspect.json")
+    return _report(cfg, "inspect", report, format_inspect(report))
 
 
-def cmd_diagnose(args: argparse.Namespace) -> int:
+def cmd_diagnose(cfg: ReasonConfig, quiet: bool) -> int:
     from .diagnose import format_diagnose, run_diagnose
     from .scoring import ScoreSettings
 
-    pairs, embedder = _scored_pairs(args)
+    d = cfg.diagnose
+    pairs, embedder, cache = _scored_pairs(cfg)
     report = run_diagnose(
         embedder,
         pairs,
-        args.candidates,
-        _cache(args),
-        own=not args.no_own,
-        max_new_tokens=args.max_new_tokens,
-        settings=ScoreSettings(batch_size=args.batch_size, progress=not args.quiet),
+        Path(cfg.data.candidates),
+        cache,
+        own=d.own,
+        max_new_tokens=d.max_new_tokens,
+        settings=ScoreSettings(batch_size=cfg.score.batch_size, progress=not quiet),
     )
-    return _report(args, report, format_diagnose(report), "diagnose.json")
+    return _report(cfg, "diagnose", report, format_diagnose(report))

@@ -38,6 +38,7 @@ from ..cache import CachedEncoder, completion_key, content_key
 from ..data.pairs import Pair
 from ..embedder import Embedder
 from ..types import Sample
+from .config import UTILITIES
 from .format import no_think_completion, think_completion
 
 
@@ -107,7 +108,6 @@ def contrastive_gain(
     return log_p(q_r) - log_p(q)
 
 
-UTILITIES = ("pair", "contrastive", "contrastive_swapped", "without", "swapped", "absolute")
 """How `scoring.score_pairs` names them:
 
     without, swapped, absolute   the cosine utilities above

@@ -33,10 +33,10 @@ from ..data.pairs import Pair, dataset_fingerprint
 from ..embedder import Embedder
 from ..io import atomic_write
 from . import candidates as cand_io
-from .scoring import UTILITIES, Scores, ScoreSettings, score_pairs
+from .config import RULES, UTILITIES
+from .scoring import Scores, ScoreSettings, score_pairs
 
 HIST_BINS = 20
-RULES = ("hard", "soft", "all")
 
 
 @dataclass
