@@ -150,17 +150,25 @@ def test_the_default_build_is_recorded_by_name_not_by_cache_path(tmp_path):
 
 
 def test_a_recipe_file_replaces_the_fields_it_names_and_refuses_bad_ones(tmp_path, capsys):
+    from mmemb.cli import build_parser
+    from mmemb.config import resolve_tree
+    from mmemb.reproduce import check_recipe
+
     path = tmp_path / "recipe.json"
     path.write_text(json.dumps({"data_root": "runs/pick-data", "k": 3, "data_scale": 1, "guard": False}))
-    recipe = Recipe().updated(path)
-    assert (recipe.data_root, recipe.k, recipe.data_scale, recipe.guard) == ("runs/pick-data", 3, 1, False)
+    recipe = resolve_tree(Recipe, check_recipe, path, build_parser().parse_args(["reproduce"]), {})
+    assert (recipe.data_root, recipe.k, recipe.data_scale, recipe.guard) == ("runs/pick-data", 3, 1.0, False)
     assert recipe.stage1 == Recipe().stage1 and recipe.model == "nano"  # the rest: the default recipe
     for bad, says in (
-        ({"kk": 3}, "unknown field 'kk'"),
-        ({"k": "3"}, "k must be int"),
-        ({"k": True}, "k must be int"),
-        ({"stage1": "run.max_steps=3"}, "stage1 must be list"),
-        ([1, 2], "expected a JSON object"),
+        ({"kk": 3}, "unknown key(s) ['kk']"),
+        ({"k": "3"}, "k: expected int, got str"),
+        ({"k": True}, "k: expected int, got bool"),
+        ({"k": 0}, "k must be >= 1"),
+        ({"stage1": "run.max_steps=3"}, "stage1: expected list, got str"),
+        ({"stage1": ["run.max_steps"]}, "stage1 must be a list of key=value strings"),
+        ({"lams": [0, "a"]}, "lams must be a list of numbers >= 0"),
+        ({"teacher": "gpt"}, "teacher 'gpt': use 'hints' or 'model'"),
+        ([1, 2], "expected a mapping, got list"),
     ):
         path.write_text(json.dumps(bad))
         assert main(["reproduce", "--recipe", str(path), "--out", str(tmp_path / "s")]) == 2
@@ -168,4 +176,34 @@ def test_a_recipe_file_replaces_the_fields_it_names_and_refuses_bad_ones(tmp_pat
         assert not (tmp_path / "s").exists()  # refused before anything is written
     path.write_text("{not json")
     assert main(["reproduce", "--recipe", str(path), "--out", str(tmp_path / "s")]) == 2
-    assert "cannot read a JSON object" in capsys.readouterr().err
+    assert "not valid YAML" in capsys.readouterr().err
+    # flags over the file, key=value over both
+    path.write_text(json.dumps({"eval_limit": 7, "k": 2}))
+    args = build_parser().parse_args(["reproduce", "--limit", "5", "k=3"])
+    recipe = resolve_tree(Recipe, check_recipe, path, args, {"--limit": "eval_limit"}, args.overrides)
+    assert (recipe.eval_limit, recipe.k) == (5, 3)
+
+
+@pytest.mark.parametrize("variant", ["base", *VARIANTS])
+def test_the_stage_configs_are_what_the_key_value_recipe_made(tmp_path, variant):
+    """The study sets its stages' settings as typed fields; they equal the `key=value` list it used to pass
+    (the reference below), with the recipe's own overrides still last."""
+    from mmemb.train.config import load_policy_config, load_train_config
+
+    r = Recipe(pairs_per_task=3, budget=24, stage1=["run.max_steps=7", "data.limit_per_task=5"])
+    study = Study(tmp_path, r, log=False)
+    out, start = tmp_path, str(tmp_path / "stage1-base" / "final")
+    sel = "select-absolute" if variant == "absolute" else "select"
+    want = load_train_config(None, [
+        f"model.init={r.model if variant == 'base' else start}", "data.source=mmeb-mini", "data.limit_per_task=3",
+        f"data.variant={'none' if variant == 'base' else 'selected' if variant == 'absolute' else variant}",
+        f"data.selection={out / sel / 'selection.jsonl'}", f"data.candidates={out / 'candidates' / 'candidates.jsonl'}",
+        f"run.output={out / ('stage1-' + variant)}", *(r.warm_start if variant == "base" else r.stage1),
+    ])  # fmt: skip
+    assert study.stage1_config(variant) == want
+    want = load_policy_config(None, [
+        f"model.init={out / 'stage1-selected' / 'final'}", "data.source=mmeb-mini", "data.limit_per_task=3",
+        f"data.selection={out / 'select' / 'selection.jsonl'}", "policy.budgets=[0,24]",
+        f"run.output={out / 'policy'}", f"run.batch_size={r.eval_batch}", *r.policy,
+    ])  # fmt: skip
+    assert study.policy_config() == want

@@ -169,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-only", action="store_true", help="evaluate --model only (no training)")
     p.add_argument("--model", help="eval-only: the model to evaluate (default nano-r1, the shipped weights)")
     p.add_argument("--tiny", action="store_true", help="tiny random Qwen2-VL and a 5%% mmeb-mini build (CI)")
-    p.add_argument("--recipe", type=Path, help="JSON object of study settings over the default recipe (the fields of "
-                   "reproduce.Recipe, as OUT/recipe.json records them), e.g. {\"data_root\": \"runs/pick-data\"}")  # fmt: skip
+    p.add_argument("--recipe", type=Path, help="a YAML or JSON file of study settings over the default recipe (the "
+                   "fields of reproduce.Recipe, as OUT/recipe.json records them), e.g. configs/study-pick.json")  # fmt: skip
+    p.add_argument("overrides", nargs="*", help="key=value recipe settings, last, e.g. eval_limit=5 k=2")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
                    help="compute dtype (default: the model's saved setting, auto = bf16 where the hardware has it)")  # fmt: skip
     p.add_argument("--limit", type=int, help="test queries per task (default 0: all)")
@@ -279,33 +280,23 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 # eval flag -> its key in the eval config (eval/config.py)
 EVAL_FLAGS = {
-    "model": "model.name", "base": "model.base", "profile": "model.profile", "dtype": "model.dtype",
-    "tasks": "data.tasks", "data_root": "data.root", "hub_cache": "data.hub_cache", "limit": "data.limit",
-    "qry_mode": "run.qry_mode", "tgt_mode": "run.tgt_mode", "batch_size": "run.batch_size",
-    "max_new_tokens": "run.max_new_tokens", "analysis": "run.analysis", "samples": "run.samples",
-    "temperature": "run.temperature", "allow_any_mode_pair": "run.allow_any_mode_pair", "out": "run.out",
-    "cache": "run.cache",
+    "--model": "model.name", "--base": "model.base", "--profile": "model.profile", "--dtype": "model.dtype",
+    "--tasks": "data.tasks", "--data-root": "data.root", "--hub-cache": "data.hub_cache", "--limit": "data.limit",
+    "--qry-mode": "run.qry_mode", "--tgt-mode": "run.tgt_mode", "--batch-size": "run.batch_size",
+    "--max-new-tokens": "run.max_new_tokens", "--analysis": "run.analysis", "--samples": "run.samples",
+    "--temperature": "run.temperature", "--allow-any-mode-pair": "run.allow_any_mode_pair", "--out": "run.out",
+    "--cache": "run.cache",
 }  # fmt: skip
 
 
 def eval_config(args: argparse.Namespace):
     """The eval settings: defaults < --config < the flags given < key=value overrides."""
-    from dataclasses import replace
+    from .config import resolve_tree
+    from .eval.config import EvalConfig, check_eval
 
-    from .config import load_tree
-    from .eval.config import EvalConfig, check_eval, load_eval_config
-
-    cfg = load_eval_config(args.config)
-    for flag, key in EVAL_FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is None:
-            continue
-        if flag == "analysis":
-            value = [a.strip() for a in value.split(",") if a.strip()]
-        section, name = key.split(".")
-        value = str(value) if isinstance(value, Path) else value
-        setattr(cfg, section, replace(getattr(cfg, section), **{name: value}))
-    return load_tree(EvalConfig, check_eval, None, args.overrides, base=cfg)  # key=value last
+    if args.analysis is not None:
+        args.analysis = [a.strip() for a in args.analysis.split(",") if a.strip()]
+    return resolve_tree(EvalConfig, check_eval, args.config, args, EVAL_FLAGS, args.overrides)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -399,26 +390,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import Recipe, reproduce
+    from .config import resolve_tree
+    from .reproduce import Recipe, check_recipe, reproduce
 
     out = args.out or Path(
         "runs/reproduce" + ("-tiny" if args.tiny else "") + ("-eval" if args.eval_only else "")
     )
-    recipe = Recipe.tiny(out) if args.tiny else Recipe()
-    if args.recipe:
-        recipe = recipe.updated(args.recipe)
-    if args.eval_only:
-        recipe.model = args.model or ("" if args.tiny else "nano-r1")
-        if not recipe.model:
-            raise InputError(
-                "--eval-only --tiny: give --model (a folder written by `mmemb reproduce --tiny`)"
-            )
-    elif args.model:
+    if args.model and not args.eval_only:
         raise InputError("--model is for --eval-only; the full study trains from the recipe's backbone")
-    if args.limit is not None:
-        if args.limit < 0:
-            raise InputError(f"--limit {args.limit}: give 0 (all test queries) or more")
-        recipe.eval_limit = args.limit
+    base = Recipe.tiny(out) if args.tiny else Recipe()
+    if args.eval_only:
+        base.model = "" if args.tiny else "nano-r1"  # the shipped weights
+    flags = {"--model": "model", "--limit": "eval_limit"}
+    recipe = resolve_tree(Recipe, check_recipe, args.recipe, args, flags, args.overrides, base=base)
+    if args.eval_only and not recipe.model:
+        raise InputError("--eval-only --tiny: give --model (a folder written by `mmemb reproduce --tiny`)")
     quiet_libraries()
     reproduce(out, recipe, eval_only=args.eval_only, log=not args.quiet, dtype=args.dtype)
     return 0

@@ -44,10 +44,11 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import precision
+from .config import Tree
 from .io import atomic_write, replace_dir, staging_dir
 from .study_results import MODES, VARIANTS, collect, format_results, hms
 from .types import InputError
@@ -58,9 +59,11 @@ _ONE_PASS = ("batch.size=16", "batch.chunk=0", "optim.lr=2e-4", "run.max_steps=2
 
 
 @dataclass
-class Recipe:
-    """Every setting of the study (saved as OUT/recipe.json). Stage overrides use the `key=value` syntax of
-    `mmemb train stage1` / `mmemb train policy` (see train/config.py)."""
+class Recipe(Tree):
+    """Every setting of the study (saved as OUT/recipe.json), resolved like every stage's settings: the
+    default recipe (or --tiny's) < --recipe FILE (YAML or JSON) < flags < `key=value` (config.resolve_tree).
+    One level: the stages' own settings are the lists of `key=value` overrides of `mmemb train stage1` /
+    `mmemb train policy` (train/config.py), applied over what the study sets for each stage."""
 
     model: str = "nano"
     data_root: str = ""  # "" = the cached default mmeb-mini build
@@ -80,27 +83,6 @@ class Recipe:
     lams: list = field(default_factory=lambda: [0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0])
     eval_limit: int = 0  # test queries per task (0: all); global corpora are kept whole
     eval_batch: int = 16
-
-    def updated(self, path: Path) -> Recipe:
-        """This recipe with the fields of the JSON object in `path` replaced (a partial recipe.json)."""
-        try:
-            given = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise InputError(f"--recipe {path}: cannot read a JSON object ({e})") from None
-        if not isinstance(given, dict):
-            raise InputError(
-                f"--recipe {path}: expected a JSON object of recipe fields, got {type(given).__name__}"
-            )
-        kinds = {f.name: type(getattr(self, f.name)) for f in fields(self)}
-        for key, value in given.items():
-            if key not in kinds:
-                raise InputError(f"--recipe {path}: unknown field {key!r}; known: {', '.join(kinds)}")
-            want = (int, float) if kinds[key] is float else kinds[key]
-            if not isinstance(value, want) or (kinds[key] is not bool and isinstance(value, bool)):
-                raise InputError(f"--recipe {path}: {key} must be {kinds[key].__name__}, got {value!r}")
-            if kinds[key] is float:
-                given[key] = float(value)
-        return replace(self, **given)
 
     @classmethod
     def tiny(cls, out: Path) -> Recipe:
@@ -127,6 +109,26 @@ class Recipe:
             eval_limit=3,
             eval_batch=8,
         )
+
+
+def check_recipe(r: Recipe, where: str = "recipe") -> Recipe:
+    if r.teacher not in ("hints", "model"):
+        raise InputError(f"{where}: teacher {r.teacher!r}: use 'hints' or 'model'")
+    for key in ("k", "teacher_batch", "budget", "eval_batch"):
+        if getattr(r, key) < 1:
+            raise InputError(f"{where}: {key} must be >= 1 (got {getattr(r, key)})")
+    if r.pairs_per_task < 0 or r.eval_limit < 0 or r.data_scale <= 0:
+        raise InputError(f"{where}: pairs_per_task and eval_limit must be >= 0 (0: all), data_scale > 0")
+    for key in ("warm_start", "stage1", "policy"):
+        if not all(isinstance(x, str) and "=" in x for x in getattr(r, key)):
+            raise InputError(f"{where}: {key} must be a list of key=value strings, e.g. ['run.max_steps=3']")
+    if (
+        not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in r.lams)
+        or not r.lams
+    ):
+        raise InputError(f"{where}: lams must be a list of numbers >= 0 (the prices of reasoning)")
+    r.lams = [float(x) for x in r.lams]
+    return r
 
 
 class Study:
@@ -214,41 +216,36 @@ class Study:
         return str(self.out / "stage1-base" / "final") if self.recipe.warm_start else self.recipe.model
 
     def stage1_config(self, variant: str):
-        """`variant`: one of VARIANTS, or "base" (the warm start: no reasoning, from the backbone)."""
-        from .train.config import load_train_config
+        """`variant`: one of VARIANTS, or "base" (the warm start: no reasoning, from the backbone). What the
+        study sets, then the recipe's overrides for the stage."""
+        from .train.config import TrainConfig, load_train_config
 
-        sel = "select-absolute" if variant == "absolute" else "select"
         base = variant == "base"
-        return load_train_config(
-            None,
-            [
-                f"model.init={self.recipe.model if base else self.start}",
-                f"data.source={self.data_source}",
-                f"data.limit_per_task={self.recipe.pairs_per_task}",
-                f"data.variant={'none' if base else 'selected' if variant == 'absolute' else variant}",
-                f"data.selection={self.out / sel / 'selection.jsonl'}",
-                f"data.candidates={self.out / 'candidates' / 'candidates.jsonl'}",
-                f"run.output={self.out / ('stage1-' + variant)}",
-                *(self.recipe.warm_start if base else self.recipe.stage1),
-            ],
+        cfg = TrainConfig()
+        cfg.model.init = self.recipe.model if base else self.start
+        cfg.data.source = self.data_source
+        cfg.data.limit_per_task = self.recipe.pairs_per_task
+        cfg.data.variant = "none" if base else "selected" if variant == "absolute" else variant
+        cfg.data.selection = str(
+            self.out / ("select-absolute" if variant == "absolute" else "select") / "selection.jsonl"
         )
+        cfg.data.candidates = str(self.out / "candidates" / "candidates.jsonl")
+        cfg.run.output = str(self.out / f"stage1-{variant}")
+        overrides = self.recipe.warm_start if base else self.recipe.stage1
+        return load_train_config(None, overrides, base=cfg)
 
     def policy_config(self):
-        from .train.config import load_policy_config
+        from .train.config import PolicyTrainConfig, load_policy_config
 
-        return load_policy_config(
-            None,
-            [
-                f"model.init={self.out / 'stage1-selected' / 'final'}",
-                f"data.source={self.data_source}",
-                f"data.limit_per_task={self.recipe.pairs_per_task}",
-                f"data.selection={self.out / 'select' / 'selection.jsonl'}",
-                f"policy.budgets=[0,{self.recipe.budget}]",
-                f"run.output={self.out / 'policy'}",
-                f"run.batch_size={self.recipe.eval_batch}",
-                *self.recipe.policy,
-            ],
-        )
+        cfg = PolicyTrainConfig()
+        cfg.model.init = str(self.out / "stage1-selected" / "final")
+        cfg.data.source = self.data_source
+        cfg.data.limit_per_task = self.recipe.pairs_per_task
+        cfg.data.selection = str(self.out / "select" / "selection.jsonl")
+        cfg.policy.budgets = [0, self.recipe.budget]
+        cfg.run.output = str(self.out / "policy")
+        cfg.run.batch_size = self.recipe.eval_batch
+        return load_policy_config(None, self.recipe.policy, base=cfg)
 
     def models(self) -> dict[str, Path]:
         """The evaluated models: the policy model (the method) and the other stage-1 variants."""

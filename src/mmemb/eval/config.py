@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Tree, load_tree, setting
+from ..config import Tree, setting
 from ..types import MODES, InputError
 
 ANALYSES = ("oracle", "pass@k")
@@ -85,7 +85,3 @@ def check_eval(cfg: EvalConfig, where: str = "config") -> EvalConfig:
     if cfg.model.dtype and cfg.model.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise InputError(f"{where}: model.dtype {cfg.model.dtype!r}: auto, float32, bfloat16 or float16")
     return cfg
-
-
-def load_eval_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> EvalConfig:
-    return load_tree(EvalConfig, check_eval, path, overrides)

@@ -267,16 +267,20 @@ def mixed_precision(cfg: TrainConfig) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
 
 
-def load_train_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """defaults < YAML at `path` < `key=value` overrides (values parsed as YAML: 1e-4, true, [a, b])."""
-    return load_tree(TrainConfig, check, path, overrides)
+def load_train_config(
+    path: Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: TrainConfig | None = None
+) -> TrainConfig:
+    """defaults (or `base`) < YAML at `path` < `key=value` overrides (values parsed as YAML: 1e-4, true, [a, b])."""
+    return load_tree(TrainConfig, check, path, overrides, base=base)
 
 
 def load_policy_config(
-    path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+    path: Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: PolicyTrainConfig | None = None,
 ) -> PolicyTrainConfig:
     """The policy stage's config, resolved like `load_train_config`."""
-    return load_tree(PolicyTrainConfig, check_policy, path, overrides)
+    return load_tree(PolicyTrainConfig, check_policy, path, overrides, base=base)
 
 
 def save_train_config(cfg: TrainConfig | PolicyTrainConfig, path: Path) -> None:
