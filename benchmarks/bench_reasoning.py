@@ -68,7 +68,9 @@ class RandomEmbedder:
     def encode(self, inputs, mode="gen", completions=None, batch_size=16, progress=False) -> Embeddings:
         self.calls += 1
         v = self.rng.standard_normal((len(inputs), self.dim)).astype(np.float32)
-        return Embeddings(v / np.linalg.norm(v, axis=1, keepdims=True), mode, seconds=[0.0] * len(inputs))
+        n = len(inputs)
+        return Embeddings(v / np.linalg.norm(v, axis=1, keepdims=True), mode, texts=list(completions or [""] * n),
+                          gen_tokens=[0] * n, gen_emb_found=[True] * n, seconds=[0.0] * n, reasoned=[False] * n)  # fmt: skip
 
 
 class TextTeacher:

@@ -30,8 +30,9 @@ class CountingEmbedder:
             [[len(s.text), len(completions[i]) if completions else 0] for i, s in enumerate(samples)]
         )
         n = len(samples)
-        return Embeddings(vecs.astype(np.float32), mode, texts=[f"<think>{s.text}" for s in samples] if mode != "disc" else [],
-                          gen_tokens=[3] * n, seconds=[0.5] * n, reasoned=[mode != "disc"] * n)  # fmt: skip
+        return Embeddings(vecs.astype(np.float32), mode, texts=[f"<think>{s.text}" for s in samples] if mode != "disc" else None,
+                          gen_tokens=[3] * n, seconds=[0.5] * n, reasoned=[mode != "disc"] * n,
+                          gen_emb_found=[True] * n, actions=["think"] * n if mode == "adaptive" else None)  # fmt: skip
 
 
 def samples(n):

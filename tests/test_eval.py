@@ -60,6 +60,8 @@ class MockEmbedder:
             gen_tokens=[5 if mode == "gen" else 0] * n,
             gen_emb_found=[True] * n,
             seconds=[0.01] * n,
+            reasoned=[mode in ("gen", "think")] * n,
+            actions=["think"] * n if mode == "adaptive" else None,
         )
 
 

@@ -57,8 +57,9 @@ class WordEmbedder:
         n = len(samples)
         vecs = np.array([vector(word(s)) for s in samples], dtype=np.float32)
         return Embeddings(
-            vecs, mode, texts=[""] * n, gen_tokens=[0] * n, gen_emb_found=[True] * n, seconds=[0.01] * n
-        )
+            vecs, mode, texts=[""] * n, gen_tokens=[0] * n, gen_emb_found=[True] * n, seconds=[0.01] * n,
+            reasoned=[mode in ("gen", "think")] * n,
+        )  # fmt: skip
 
 
 def ndcg(ranked_grades: list[float], all_grades: list[float]) -> float:

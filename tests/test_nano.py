@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from mmemb import Embedder, Sample
 from mmemb.backbones.nano import IMAGE_TOKEN
+from mmemb.types import MODES
 
 from .conftest import assert_same_vectors
 
@@ -174,3 +176,28 @@ def test_fingerprint_is_the_same_in_a_new_process(nano):
     code = "from mmemb import Embedder; print(Embedder.from_pretrained('nano').fingerprint())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == nano.fingerprint()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_returns_every_per_row_field_complete(nano, mode):
+    from mmemb.types import REASONING_MODES, Embeddings
+
+    out = nano.encode(["a red square", "a blue circle", "x"], mode=mode, max_new_tokens=4)
+    for name in Embeddings.ROW_FIELDS:
+        assert len(getattr(out, name)) == 3, name
+    if mode == "adaptive":
+        assert all(a in nano.config.policy.action_names() for a in out.actions)
+    else:
+        assert out.actions == [None] * 3
+    if mode == "disc":
+        assert (out.texts, out.gen_tokens, out.reasoned) == ([""] * 3, [0] * 3, [False] * 3)
+    if mode in REASONING_MODES:
+        assert all(
+            t.endswith(nano.config.tokens.gen_emb) or not f
+            for t, f in zip(out.texts, out.gen_emb_found, strict=True)
+        )
+    with pytest.raises(ValueError, match="give reasoned, one entry per row"):
+        Embeddings(out.vectors, "gen", texts=out.texts, gen_tokens=out.gen_tokens,
+                   gen_emb_found=out.gen_emb_found, seconds=out.seconds)  # fmt: skip
+    with pytest.raises(ValueError, match="seconds has 2 entries for 3 rows"):
+        Embeddings(out.vectors, "disc", seconds=[0.0, 0.0])

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .io import atomic_write
-from .types import Sample
+from .types import REASONING_MODES, Sample
 
 if TYPE_CHECKING:
     from .embedder import Embedder
@@ -181,10 +181,10 @@ def _info(out, i: int, mode: str) -> dict:
     return (
         {
             "seconds": out.seconds[i],
-            "gen_tokens": out.gen_tokens[i] if out.gen_tokens else 0,
-            "gen_emb_found": out.gen_emb_found[i] if out.gen_emb_found else None,
-            "reasoned": out.reasoned[i] if out.reasoned else mode in ("gen", "think"),
+            "gen_tokens": out.gen_tokens[i],
+            "gen_emb_found": None if mode == "disc" else out.gen_emb_found[i],
+            "reasoned": out.reasoned[i],
         }
-        | ({"action": out.actions[i]} if out.actions else {})
-        | ({"text": out.texts[i]} if out.texts and mode != "nothink" else {})
+        | ({"action": out.actions[i]} if mode == "adaptive" else {})
+        | ({"text": out.texts[i]} if mode in REASONING_MODES else {})
     )

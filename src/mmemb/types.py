@@ -7,9 +7,9 @@ so a Sample is cheap, hashable into a cache key, and can be written back to JSON
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -76,26 +76,53 @@ class Sample:
 
 @dataclass
 class Embeddings:
-    """What `Embedder.encode` returns, one row per input in input order.
+    """What `Embedder.encode` returns, one row per input in input order. Every per-row list (ROW_FIELDS)
+    has one entry per row, whatever the mode; nothing is "absent" by being empty.
 
     vectors:        (N, D) float32, L2-normalised.
     mode:           the mode used for every row.
-    texts:          gen-space modes: the completion per row (generated, or `<no_think><gen_emb>`).
-    gen_tokens:     gen-space modes: tokens generated per row (0 for disc and for no-think rows).
-    gen_emb_found:  gen-space modes: False where generation stopped without emitting `<gen_emb>` and the
-                    vector was read at the last generated position instead.
+    texts:          the completion per row (generated, or `<no_think><gen_emb>`); "" in disc mode.
+    gen_tokens:     tokens generated per row (0 in disc and nothink mode, and for no-think rows).
+    gen_emb_found:  False where generation stopped without emitting `<gen_emb>` and the vector was read at
+                    the last generated position instead; True where the vector was read at its own token.
     seconds:        per row, its share of the wall time (amortised latency): one-forward modes split each
                     batch's time over its rows; the generating modes split each prefill over the rows it
                     prefilled and each decode step over the rows it fed, so the shares add up to the call.
     reasoned:       per row, whether reasoning ran (the completion opened with `<think>`).
-    actions:        adaptive only: the policy's action per row (see `PolicyConfig.action_names`).
+    actions:        per row, the policy's action (`PolicyConfig.action_names`); None unless mode is adaptive.
+
+    Only disc rows may leave texts, gen_tokens, gen_emb_found and reasoned out (they are "", 0, True, False
+    by definition: nothing was generated); every gen-space mode gives them, adaptive gives actions too.
     """
+
+    ROW_FIELDS: ClassVar[tuple[str, ...]] = (
+        "texts", "gen_tokens", "gen_emb_found", "seconds", "reasoned", "actions"
+    )  # fmt: skip
 
     vectors: np.ndarray
     mode: str
-    texts: list[str] = field(default_factory=list)
-    gen_tokens: list[int] = field(default_factory=list)
-    gen_emb_found: list[bool] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-    reasoned: list[bool] = field(default_factory=list)
-    actions: list[str] = field(default_factory=list)
+    texts: list[str] | None = None
+    gen_tokens: list[int] | None = None
+    gen_emb_found: list[bool] | None = None
+    seconds: list[float] | None = None
+    reasoned: list[bool] | None = None
+    actions: list[str | None] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.vectors)
+        nothing_generated = {"texts": "", "gen_tokens": 0, "gen_emb_found": True, "reasoned": False}
+        for name in self.ROW_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                if n == 0:
+                    value = []
+                elif name == "actions" and self.mode != "adaptive":
+                    value = [None] * n
+                elif self.mode == "disc" and name in nothing_generated:
+                    value = [nothing_generated[name]] * n
+                else:
+                    raise ValueError(f"Embeddings in {self.mode} mode: give {name}, one entry per row")
+            value = list(value)
+            if len(value) != n:
+                raise ValueError(f"Embeddings: {name} has {len(value)} entries for {n} rows")
+            setattr(self, name, value)

@@ -121,8 +121,8 @@ def embeddings_body(req, emb, model_name: str, prompt_tokens: int, metrics: Metr
     data, total_gen = [], 0
     for i in range(len(req.samples)):
         vec = emb.vectors[i]
-        reasoned = bool(emb.reasoned[i]) if emb.reasoned else False
-        tokens = int(emb.gen_tokens[i]) if emb.gen_tokens else 0
+        reasoned = bool(emb.reasoned[i])
+        tokens = int(emb.gen_tokens[i])
         total_gen += tokens
         metrics.items.labels(req.mode, str(reasoned).lower()).inc()
         item = {
@@ -136,7 +136,7 @@ def embeddings_body(req, emb, model_name: str, prompt_tokens: int, metrics: Metr
             "reasoning_tokens": tokens,
         }
         if req.return_text:
-            item["text"] = emb.texts[i] if emb.texts else ""
+            item["text"] = emb.texts[i]
         data.append(item)
     metrics.tokens.inc(total_gen)
     return {

@@ -206,10 +206,7 @@ def take_rows(emb: Embeddings, rows: slice) -> Embeddings:
     return Embeddings(
         vectors=np.ascontiguousarray(emb.vectors[rows]),
         mode=emb.mode,
-        **{
-            k: getattr(emb, k)[rows]
-            for k in ("texts", "gen_tokens", "gen_emb_found", "seconds", "reasoned", "actions")
-        },
+        **{k: getattr(emb, k)[rows] for k in Embeddings.ROW_FIELDS},
     )
 
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from ..config import PolicyConfig
 from ..data.pairs import Pair
-from ..embedder import Embedder
+from ..embedder import Embedder, load_args
 from ..io import atomic_json
 from ..losses.policy import group_advantages, grpo_loss
 from ..policy_head import PolicyHead
@@ -157,8 +157,7 @@ def load_inputs(
     pairs = read_training_pairs(d)
     if len(pairs) < 2:
         raise InputError(f"data.source {d.source}: {len(pairs)} pair(s); the policy needs at least 2")
-    overrides = {k: v for k, v in vars(cfg.model.backbone).items() if k not in ("kind", "source")}
-    embedder = Embedder.from_pretrained(cfg.model.init, **overrides)  # overrides: fresh models only
+    embedder = Embedder.from_pretrained(cfg.model.init, **load_args(cfg.model))  # backbone: fresh models only
     fresh_head(embedder, cfg.policy.budgets)
     outcomes = compute_outcomes(
         embedder, pairs, cfg.policy.budgets, cache_root or embeddings_dir(),

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..embedder import Embedder
+from ..embedder import Embedder, load_args
 from ..losses import full_batch_backward, gradcache_backward, info_nce
 from ..runtime import check_tensorboard, tensorboard_writer
 from ..types import InputError
@@ -206,8 +206,7 @@ def build_embedder(cfg: TrainConfig, cast_frozen: bool = False) -> Embedder:
     autocast would otherwise cast them again at every use; the trainable ones stay float32 (AdamW's masters).
     FSDP2 and ZeRO keep one dtype per flat group and apply their own precision, so only ddp casts; and only
     backbones that never save their frozen tensors (nano), so a saved model holds them as they were loaded."""
-    overrides = {k: v for k, v in vars(cfg.model.backbone).items() if k not in ("kind", "source")}
-    embedder = Embedder.from_pretrained(cfg.model.init, train=True, **overrides)
+    embedder = Embedder.from_pretrained(cfg.model.init, train=True, **load_args(cfg.model))
     if cfg.loss.cross_mode > 0 and ["gen", "disc"] not in embedder.config.valid_mode_pairs:
         embedder.config.valid_mode_pairs.append(["gen", "disc"])  # the output model's config: spaces shared
     embedder.backbone.configure_trainable()
