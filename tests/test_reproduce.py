@@ -207,3 +207,10 @@ def test_the_stage_configs_are_what_the_key_value_recipe_made(tmp_path, variant)
         f"run.output={out / 'policy'}", f"run.batch_size={r.eval_batch}", *r.policy,
     ])  # fmt: skip
     assert study.policy_config() == want
+
+
+def test_every_stage_has_its_runner(tmp_path):
+    study = Study(tmp_path, Recipe(), log=False)
+    runners = {s: study.runner(s).__name__ for s in ALL_STAGES}
+    assert runners["stage1-none"] == "stage_stage1" and runners["select-absolute"] == "stage_select"
+    assert all(name == "stage_" + s.split("-")[0] for s, name in runners.items())

@@ -20,6 +20,7 @@ from mmemb.serve.app import ServeSettings, create_app  # noqa: E402
 from mmemb.serve.batcher import Batcher, Job, QueueFull  # noqa: E402
 from mmemb.serve.inputs import Limits  # noqa: E402
 from mmemb.testing.tiny_hf import build_tiny_hf  # noqa: E402
+from mmemb.types import InputError
 
 from .conftest import assert_same_vectors, write_image  # noqa: E402
 
@@ -319,7 +320,7 @@ def test_a_bad_item_fails_its_own_request_only(tiny, tmp_path):
     gated.open.set()
     block.result(timeout=30)
     assert good.result(timeout=30).vectors.shape == (1, tiny.encode(["x"]).vectors.shape[1])
-    with pytest.raises(Exception, match="not found"):
+    with pytest.raises(InputError, match="file not found"):
         bad.result(timeout=30)
     assert b.submit(Job([Sample(text="after")], "disc")).result(timeout=30).vectors.shape[0] == 1
     b.close()

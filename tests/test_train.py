@@ -230,7 +230,7 @@ def test_selected_variant_trains_the_selected_rationales(world, tmp_path):
     ]
     assert all(e.t_completion == "<no_think><gen_emb>" for e in examples)
     sel.write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]))  # one pair missing
-    with pytest.raises(Exception, match="have no selection"):
+    with pytest.raises(InputError, match="have no selection"):
         build_examples(pairs, cfg.data, emb.config.tokens)
 
 
@@ -256,7 +256,7 @@ def test_bad_input_fails_before_any_compute(tmp_path, capsys, args, message):
 def test_hard_negatives_need_enough_per_pair(world, tmp_path):
     cfg = cfg_for(world, tmp_path, "data.hard_negatives=2")  # Toy-RET (global) has none
     emb = Embedder.from_pretrained(world["tiny"])
-    with pytest.raises(Exception, match=r"tasks \['Toy-RET'\] have fewer hard negatives"):
+    with pytest.raises(InputError, match=r"tasks \['Toy-RET'\] have fewer hard negatives"):
         build_examples(read_pairs(world["toy"]), cfg.data, emb.config.tokens)
 
 

@@ -123,13 +123,13 @@ def test_deepspeed_config_is_filled_from_the_mmemb_config():
 
 
 def test_a_bad_deepspeed_config_file_is_named(tmp_path):
-    from mmemb.train.parallel import DeepSpeedZero
+    from mmemb.train.parallel import ZeroStrategy
 
     path = tmp_path / "ds.json"
     path.write_text("{stage: 2")
     cfg = load_train_config(None, ["run.strategy=deepspeed", f"run.deepspeed_config={path}"])
     with pytest.raises(InputError, match=r"ds\.json'?: not valid JSON"):
-        DeepSpeedZero(None, cfg).read_config()
+        ZeroStrategy(None, cfg).read_config()
     cfg = load_train_config(None, ["run.strategy=deepspeed", f"run.deepspeed_config={tmp_path / 'no.json'}"])
     with pytest.raises(InputError, match="cannot read it"):
-        DeepSpeedZero(None, cfg).read_config()
+        ZeroStrategy(None, cfg).read_config()

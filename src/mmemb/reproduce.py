@@ -187,7 +187,7 @@ class Study:
             self.say(f"stage {i}/{len(stages)} {stage}: running")
             s0 = time.perf_counter()
             (self.out / stage).mkdir(parents=True, exist_ok=True)
-            extra = getattr(self, "stage_" + stage.replace("-", "_").split("_")[0])(stage) or {}
+            extra = self.runner(stage)(stage) or {}
             seconds[stage] = time.perf_counter() - s0
             atomic_write(
                 self.out / stage / "DONE.json", json.dumps({"seconds": seconds[stage], **extra}) + "\n"
@@ -196,6 +196,14 @@ class Study:
         self.say(f"all {len(stages)} stages done: this run took {hms(time.perf_counter() - t0)}, the "
                  f"stages {hms(sum(seconds.values()))} in all (earlier runs included)")  # fmt: skip
         return seconds
+
+    def runner(self, stage: str):
+        """The method that runs `stage`: stage1-<variant> runs stage_stage1, select-absolute stage_select."""
+        return {
+            "data": self.stage_data, "candidates": self.stage_candidates, "stage1": self.stage_stage1,
+            "select": self.stage_select, "policy": self.stage_policy, "eval": self.stage_eval,
+            "sweep": self.stage_sweep, "report": self.stage_report, "export": self.stage_export,
+        }[stage.split("-")[0]]  # fmt: skip
 
     def started_at(self) -> str | None:
         """The mmemb commit the study started at (recorded by its first stage), else the current one."""

@@ -34,12 +34,12 @@ def trainable(module: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def make_strategy(name: str, accelerator, cfg: TrainConfig):
-    return {"ddp": DataParallel, "fsdp": FullyShardedDataParallel, "deepspeed": DeepSpeedZero}[name](
+    return {"ddp": DDPStrategy, "fsdp": FSDPStrategy, "deepspeed": ZeroStrategy}[name](
         accelerator, cfg
     )
 
 
-class DataParallel:
+class DDPStrategy:
     """accelerate's DDP (or a single process): every rank holds the whole model and optimizer."""
 
     sharded = False
@@ -91,7 +91,7 @@ class DataParallel:
                     self.optimizer.state[p] = {k: v.to(p.device) if v.dim() else v for k, v in state.items()}
 
 
-class FullyShardedDataParallel(DataParallel):
+class FSDPStrategy(DDPStrategy):
     """torch FSDP2. Gradients are reduce-scattered at every backward (no `no_sync`): accumulating them unsharded
     would cost a full copy of the gradients per rank, which is what sharding is for avoiding."""
 
@@ -152,7 +152,7 @@ class FullyShardedDataParallel(DataParallel):
                     }
 
 
-class DeepSpeedZero(DataParallel):
+class ZeroStrategy(DDPStrategy):
     """DeepSpeed ZeRO 1/2 around mmemb's AdamW, with `managed_gradient_accumulation: false`: each backward
     (a GradCache chunk, an accumulated batch) adds to the gradients and mmemb's `step()` is the boundary where
     DeepSpeed finishes the reduction, clips and steps, as under DDP."""
@@ -245,7 +245,7 @@ def check_strategy(cfg: TrainConfig) -> None:
         except ImportError:
             raise InputError("run.strategy=deepspeed needs DeepSpeed: "
                              "pip install --no-build-isolation deepspeed==0.19.8") from None  # fmt: skip
-        DeepSpeedZero(None, cfg).read_config()
+        ZeroStrategy(None, cfg).read_config()
 
 
 def deepspeed_config(conf: dict, cfg: TrainConfig, where: str) -> dict:
