@@ -30,6 +30,11 @@ def setting(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+def section(cls: type, help: str) -> Any:
+    """A nested section of a typed tree: the dataclass `cls`, with its help text."""
+    return field(default_factory=cls, metadata={"help": help})
+
+
 @dataclass
 class BackboneConfig:
     kind: str = setting(
@@ -149,14 +154,11 @@ class PolicyConfig:
 @dataclass
 class EmbedderConfig:
     version: int = setting(CONFIG_VERSION, "Config format version.")
-    backbone: BackboneConfig = field(default_factory=BackboneConfig, metadata={"help": "Backbone settings."})
-    tokens: TokensConfig = field(default_factory=TokensConfig, metadata={"help": "Special tokens."})
-    prompt: PromptConfig = field(default_factory=PromptConfig, metadata={"help": "Prompt templates."})
-    generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "gen settings."})
-    policy: PolicyConfig = field(
-        default_factory=PolicyConfig,
-        metadata={"help": "Adaptive mode: the actions the policy head picks from."},
-    )
+    backbone: BackboneConfig = section(BackboneConfig, "Backbone settings.")
+    tokens: TokensConfig = section(TokensConfig, "Special tokens.")
+    prompt: PromptConfig = section(PromptConfig, "Prompt templates.")
+    generation: GenerationConfig = section(GenerationConfig, "gen settings.")
+    policy: PolicyConfig = section(PolicyConfig, "Adaptive mode: the actions the policy head picks from.")
     profile: str = setting(
         "mmemb",
         "How the model embeds (profiles.py): 'mmemb' (this prompt config, mmemb's tokens) or a published "

@@ -5,10 +5,10 @@ can be repeated from it alone: `mmemb eval --config runs/eval/X/eval_config.yaml
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Tree, setting
+from ..config import Tree, section, setting
 from ..types import MODES, InputError
 
 ANALYSES = ("oracle", "pass@k")
@@ -54,11 +54,9 @@ class EvalRunSection:
 
 @dataclass
 class EvalConfig(Tree):
-    model: EvalModelSection = field(default_factory=EvalModelSection, metadata={"help": "What to evaluate."})
-    data: EvalDataSection = field(default_factory=EvalDataSection, metadata={"help": "On which tasks."})
-    run: EvalRunSection = field(
-        default_factory=EvalRunSection, metadata={"help": "Modes, batching, outputs."}
-    )
+    model: EvalModelSection = section(EvalModelSection, "What to evaluate.")
+    data: EvalDataSection = section(EvalDataSection, "On which tasks.")
+    run: EvalRunSection = section(EvalRunSection, "Modes, batching, outputs.")
 
     def out_dir(self) -> Path:
         name = Path(self.model.name).name or self.model.name

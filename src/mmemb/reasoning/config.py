@@ -14,10 +14,10 @@ Each command saves the resolved tree beside its outputs, so it reruns from that 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Tree, setting
+from ..config import Tree, section, setting
 from ..types import InputError
 
 RULES = ("hard", "soft", "all")
@@ -108,24 +108,12 @@ class ReasonDiagnoseSection:
 
 @dataclass
 class ReasonConfig(Tree):
-    data: ReasonDataSection = field(
-        default_factory=ReasonDataSection, metadata={"help": "Pairs, candidates."}
-    )
-    generate: ReasonGenerateSection = field(
-        default_factory=ReasonGenerateSection, metadata={"help": "reason generate: the teacher."}
-    )
-    score: ReasonScoreSection = field(
-        default_factory=ReasonScoreSection, metadata={"help": "select, inspect, diagnose: the scorer."}
-    )
-    select: ReasonSelectSection = field(
-        default_factory=ReasonSelectSection, metadata={"help": "reason select."}
-    )
-    inspect: ReasonInspectSection = field(
-        default_factory=ReasonInspectSection, metadata={"help": "reason inspect."}
-    )
-    diagnose: ReasonDiagnoseSection = field(
-        default_factory=ReasonDiagnoseSection, metadata={"help": "reason diagnose."}
-    )
+    data: ReasonDataSection = section(ReasonDataSection, "Pairs, candidates.")
+    generate: ReasonGenerateSection = section(ReasonGenerateSection, "reason generate: the teacher.")
+    score: ReasonScoreSection = section(ReasonScoreSection, "select, inspect, diagnose: the scorer.")
+    select: ReasonSelectSection = section(ReasonSelectSection, "reason select.")
+    inspect: ReasonInspectSection = section(ReasonInspectSection, "reason inspect.")
+    diagnose: ReasonDiagnoseSection = section(ReasonDiagnoseSection, "reason diagnose.")
 
 
 def check_reason(cfg: ReasonConfig, where: str = "config") -> ReasonConfig:

@@ -9,10 +9,10 @@ Every field has help text. An unknown key, a wrong type or a missing file is an 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import BackboneConfig, Tree, load_tree, save_tree, setting
+from ..config import BackboneConfig, Tree, load_tree, save_tree, section, setting
 from ..types import InputError
 
 VARIANTS = ("none", "all", "selected")
@@ -24,11 +24,8 @@ class ModelSection:
     init: str = setting(
         "nano", "Start from: 'nano', a Qwen-VL folder or hub id (hf), or a folder saved by mmemb."
     )
-    backbone: BackboneConfig = field(
-        default_factory=BackboneConfig,
-        metadata={
-            "help": "Backbone settings for a fresh model (ignored when `init` is a saved mmemb folder)."
-        },
+    backbone: BackboneConfig = section(
+        BackboneConfig, "Backbone settings for a fresh model (ignored when `init` is a saved mmemb folder)."
     )
 
 
@@ -121,12 +118,12 @@ class RunSection:
 
 @dataclass
 class TrainConfig(Tree):
-    model: ModelSection = field(default_factory=ModelSection, metadata={"help": "What to train."})
-    data: DataSection = field(default_factory=DataSection, metadata={"help": "Training pairs and reasoning."})
-    loss: LossSection = field(default_factory=LossSection, metadata={"help": "Loss terms and weights."})
-    optim: OptimSection = field(default_factory=OptimSection, metadata={"help": "Optimizer and schedule."})
-    batch: BatchSection = field(default_factory=BatchSection, metadata={"help": "Batching."})
-    run: RunSection = field(default_factory=RunSection, metadata={"help": "Outputs, length, logging."})
+    model: ModelSection = section(ModelSection, "What to train.")
+    data: DataSection = section(DataSection, "Training pairs and reasoning.")
+    loss: LossSection = section(LossSection, "Loss terms and weights.")
+    optim: OptimSection = section(OptimSection, "Optimizer and schedule.")
+    batch: BatchSection = section(BatchSection, "Batching.")
+    run: RunSection = section(RunSection, "Outputs, length, logging.")
 
 
 @dataclass
@@ -183,11 +180,11 @@ class PolicyRunSection:
 
 @dataclass
 class PolicyTrainConfig(Tree):
-    model: ModelSection = field(default_factory=ModelSection, metadata={"help": "The (stage-1) embedder."})
-    data: PolicyDataSection = field(default_factory=PolicyDataSection, metadata={"help": "Queries."})
-    policy: PolicySection = field(default_factory=PolicySection, metadata={"help": "Actions and reward."})
-    optim: PolicyOptimSection = field(default_factory=PolicyOptimSection, metadata={"help": "GRPO."})
-    run: PolicyRunSection = field(default_factory=PolicyRunSection, metadata={"help": "Outputs."})
+    model: ModelSection = section(ModelSection, "The (stage-1) embedder.")
+    data: PolicyDataSection = section(PolicyDataSection, "Queries.")
+    policy: PolicySection = section(PolicySection, "Actions and reward.")
+    optim: PolicyOptimSection = section(PolicyOptimSection, "GRPO.")
+    run: PolicyRunSection = section(PolicyRunSection, "Outputs.")
 
 
 def check_policy(cfg: PolicyTrainConfig, where: str = "config") -> PolicyTrainConfig:

@@ -34,9 +34,7 @@ def trainable(module: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def make_strategy(name: str, accelerator, cfg: TrainConfig):
-    return {"ddp": DDPStrategy, "fsdp": FSDPStrategy, "deepspeed": ZeroStrategy}[name](
-        accelerator, cfg
-    )
+    return {"ddp": DDPStrategy, "fsdp": FSDPStrategy, "deepspeed": ZeroStrategy}[name](accelerator, cfg)
 
 
 class DDPStrategy:
