@@ -20,7 +20,6 @@ p-share of think mode's batches.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_precision import queries  # the script's folder is on sys.path
+from results_io import write_result
 
 from mmemb import Embedder
 
@@ -124,9 +124,7 @@ def main() -> None:
         "all_runs_seconds": {n: [round(x, 2) for x in v] for n, v in seconds.items()},
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
     }
-    print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

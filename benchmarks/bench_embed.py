@@ -16,7 +16,6 @@ Runs alternate (A, B, A, B, ...) and the median of each is reported, so load on 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from results_io import write_result
 
 from mmemb import Embedder, Sample
 
@@ -146,8 +146,7 @@ def main() -> None:
             results["shared_prefix"][name] = {"items": len(subset), "cached_s": t_on, "whole_prompts_s": t_off,
                                               "speedup": t_off / t_on}  # fmt: skip
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_result(results, args.out, show=False)
     d, g = results["disc"], results["gen_batching"]
     print(
         f"disc: encode {d['encode_items_per_s']:.1f} items/s; bare forward / encode time ratio "

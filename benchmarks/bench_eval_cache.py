@@ -10,13 +10,13 @@ for a disc evaluation of nano on 2 cores) and unique / total items per task.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from results_io import write_result
 
 from mmemb import Embedder
 from mmemb.data import tasks as tasks_module
@@ -54,8 +54,7 @@ def main() -> None:
         "speedup": runs[0]["seconds"] / runs[1]["seconds"],
         "tasks": tasks,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out, show=False)
     for name, t in tasks.items():
         print(f"{name:<20} unique/total items {t['unique_items']:>5}/{t['total_items']:<5}")
     print(

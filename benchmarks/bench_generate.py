@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results_io import write_result
 
 from mmemb import Embedder
 from mmemb.data.tasks import load_task
@@ -190,9 +190,7 @@ def main() -> None:
     res["machine"] = (
         f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     )
-    print(json.dumps(res, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    write_result(res, args.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ vectors of every query (min, mean), the bound the tests use, and the loss of the
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results_io import write_result
 
 from mmemb import Embedder
 from mmemb.data.tasks import load_task
@@ -148,9 +148,7 @@ def main() -> None:
     res["bf16_same_input_alone_vs_batched"] = cos_rows(alone, batched)
     res["bf16_padding_bug_vs_correct"] = cos_rows(buggy, batched)
     res["stage1_losses"] = {p: [round(x, 4) for x in losses] for p, (_, losses) in steps.items()}
-    print(json.dumps(res, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    write_result(res, args.out)
 
 
 if __name__ == "__main__":

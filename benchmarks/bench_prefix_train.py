@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import statistics
 import time
 from pathlib import Path
+
+from results_io import write_result
 
 
 def main() -> None:
@@ -87,9 +88,7 @@ def main() -> None:
         "speedups": ratios,
         "max_loss_difference": max(abs(a - b) for a, b in zip(losses[True], losses[False], strict=True)),
     }
-    print(json.dumps(res, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    write_result(res, args.out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results_io import write_result
 
 from mmemb import Embedder
 from mmemb.config import EmbedderConfig
@@ -119,9 +119,7 @@ def main() -> None:
         "teacher_nano": bench_teacher(args.queries),
         "selection": bench_selection(args.pairs),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

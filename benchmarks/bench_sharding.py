@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_io import write_result
+
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
 
 
@@ -154,8 +156,7 @@ def main() -> None:
         "rank0_vs_ddp": ratios,
     }
     print(json.dumps(ratios, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out, show=False)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ Threads 2 and 1 alternate, `--repeats` steps each, twice.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 from bench_precision import train_step_fn  # the script's folder is on sys.path
+from results_io import write_result
 
 import mmemb.backbones.nano as nano
 
@@ -68,9 +68,7 @@ def main() -> None:
         "runs": {str(t): rs for t, rs in runs.items()},
         "machine": f"{platform.machine()}, torch {torch.__version__}",
     }
-    print(json.dumps(res, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    write_result(res, args.out)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+from results_io import write_result
+
 
 def rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -98,8 +100,7 @@ def main() -> None:
         "command": "python benchmarks/bench_train.py",
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out, show=False)
 
 
 if __name__ == "__main__":

@@ -202,25 +202,16 @@ def test_beir_graded_qrels(root):
 
 def test_each_unique_item_embedded_once_and_cache_reused(root, tmp_path):
     emb = MockEmbedder()
-    out1 = evaluate(
-        emb,
-        "mmeb-mini",
-        tmp_path / "o1",
-        EvalSettings(progress=False),
-        data_root=root,
-        cache_root=tmp_path / "cache",
-    )
+
+    def run(out):
+        return evaluate(emb, "mmeb-mini", out, EvalSettings(progress=False), data_root=root,
+                        cache_root=tmp_path / "cache")  # fmt: skip
+
+    out1 = run(tmp_path / "o1")
     first = len(emb.calls)
     per_task_unique = sum(r.unique_items for r in out1["runs"]["disc-disc"].values())
     assert first == per_task_unique  # nothing embedded twice within a task
-    evaluate(
-        emb,
-        "mmeb-mini",
-        tmp_path / "o2",
-        EvalSettings(progress=False),
-        data_root=root,
-        cache_root=tmp_path / "cache",
-    )
+    run(tmp_path / "o2")
     assert len(emb.calls) == first  # second run: everything from the cache
     s1 = json.loads((tmp_path / "o1" / "scores.disc-disc.json").read_text())["metrics"]
     s2 = json.loads((tmp_path / "o2" / "scores.disc-disc.json").read_text())["metrics"]
@@ -246,16 +237,15 @@ def test_interrupted_run_resumes_from_complete_shards(root, tmp_path):
     assert not list((tmp_path / "cache").rglob(".*"))  # no half-written files
 
 
+def mock_eval(root, tmp_path, settings=None, **kwargs):
+    """mmeb-mini's fixture through the mock embedder, into tmp_path/o (cache tmp_path/c)."""
+    return evaluate(MockEmbedder(), "mmeb-mini", tmp_path / "o", settings or EvalSettings(progress=False),
+                    data_root=root, cache_root=tmp_path / "c", **kwargs)  # fmt: skip
+
+
 def test_broken_dataset_reported_others_kept(root, tmp_path):
     (root / "VRET" / "test.jsonl").write_text('{"qry_text": "a cat", "tgt_video_path": ["vid/missing"]}\n')
-    res = evaluate(
-        MockEmbedder(),
-        "mmeb-mini",
-        tmp_path / "o",
-        EvalSettings(progress=False),
-        data_root=root,
-        cache_root=tmp_path / "c",
-    )
+    res = mock_eval(root, tmp_path)
     assert set(res["errors"]) == {"VRET"} and "test.jsonl:1" in res["errors"]["VRET"]
     assert set(res["runs"]["disc-disc"]) == {"T2I", "DOC"}
     assert "VRET" in res["report"]  # named as missing in the report
@@ -307,27 +297,11 @@ def test_mmeb_v2_without_data_says_what_to_download(tmp_path):
 
 def test_invalid_mode_pair_is_refused(root, tmp_path):
     with pytest.raises(InputError, match="not a valid pair"):
-        evaluate(
-            MockEmbedder(),
-            "mmeb-mini",
-            tmp_path / "o",
-            EvalSettings(qry_mode="gen", tgt_mode="disc"),
-            data_root=root,
-            cache_root=tmp_path / "c",
-        )
+        mock_eval(root, tmp_path, EvalSettings(qry_mode="gen", tgt_mode="disc"))
 
 
 def test_oracle_and_pass_at_k_runs(root, tmp_path):
-    res = evaluate(
-        MockEmbedder(),
-        "mmeb-mini",
-        tmp_path / "o",
-        EvalSettings(progress=False),
-        data_root=root,
-        analyses=("oracle", "pass@k"),
-        samples=2,
-        cache_root=tmp_path / "c",
-    )
+    res = mock_eval(root, tmp_path, analyses=("oracle", "pass@k"), samples=2)
     a = res["analysis"]
     disc, gen = a["disc-disc"]["T2I"]["score"], a["gen-gen"]["T2I"]["score"]
     orc = a["oracle (upper bound, uses labels)"]["T2I"]["score"]

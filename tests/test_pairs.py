@@ -49,6 +49,12 @@ def frames(folder: Path, n: int = 3, seed: int = 0) -> list[Path]:
     return [write_image(folder / f"{i:03d}.jpg", seed=seed + i) for i in range(n)]
 
 
+def pic_row(image: str, labels: list[str]) -> dict:
+    """A classification row of MMEB-train's layout: the image, then its labels, the gold one first."""
+    return {"qry_inst": "<|image_1|> Represent the given image for classification", "qry_text": "",
+            "qry_img_path": image, "tgt_inst": "", "tgt_text": labels, "tgt_img_path": [""] * len(labels)}  # fmt: skip
+
+
 @pytest.fixture
 def mini(tmp_path) -> Path:
     """A mini-layout folder: a local rows task (3 candidates, one hint), a global video task holding only
@@ -60,23 +66,9 @@ def mini(tmp_path) -> Path:
     write_jsonl(
         root / "Pic-CLS" / "train.jsonl",
         [
-            {
-                "qry_inst": "<|image_1|> Represent the given image for classification",
-                "qry_text": "",
-                "qry_img_path": "media/pic0.png",
-                "tgt_inst": "",
-                "tgt_text": ["animals", "food", "tools"],
-                "tgt_img_path": ["", "", ""],
-                "qry_hint": "title: cartoon cat; keywords: pet",
-            },
-            {
-                "qry_inst": "<|image_1|> Represent the given image for classification",
-                "qry_text": "",
-                "qry_img_path": "media/pic1.png",
-                "tgt_inst": "",
-                "tgt_text": ["food", "animals", "tools"],
-                "tgt_img_path": ["", "", ""],
-            },
+            pic_row("media/pic0.png", ["animals", "food", "tools"])
+            | {"qry_hint": "title: cartoon cat; keywords: pet"},
+            pic_row("media/pic1.png", ["food", "animals", "tools"]),
         ],
     )
     frames(root / "media" / "clip0", seed=10)

@@ -188,32 +188,31 @@ class Context:
         return self.save(f"media/clipart/{slug(clip.key)}.png", lambda: render.load_on_white(clip.item.png))
 
 
-def image_row(
-    qry_inst: str, qry_text: str, qry_img: str, tgt_inst: str, cands: list[tuple[str, str]]
+def eval_row(
+    media: str, qry_inst: str, qry_text: str, qry_media: str, tgt_inst: str, cands: list[tuple[str, str]]
 ) -> dict:
-    """An MMEB image-eval row; `cands` are (text, image path) pairs, the gold one first."""
+    """An MMEB eval row; `media` is "img" (image paths) or "video" (frame folders), `cands` are (text, media
+    path) pairs, the gold one first."""
     return {
         "qry_inst": qry_inst,
         "qry_text": qry_text,
-        "qry_img_path": qry_img,
+        f"qry_{media}_path": qry_media,
         "tgt_inst": tgt_inst,
         "tgt_text": [t for t, _ in cands],
-        "tgt_img_path": [p for _, p in cands],
+        f"tgt_{media}_path": [p for _, p in cands],
     }
+
+
+def image_row(
+    qry_inst: str, qry_text: str, qry_img: str, tgt_inst: str, cands: list[tuple[str, str]]
+) -> dict:
+    return eval_row("img", qry_inst, qry_text, qry_img, tgt_inst, cands)
 
 
 def video_row(
     qry_inst: str, qry_text: str, qry_video: str, tgt_inst: str, cands: list[tuple[str, str]]
 ) -> dict:
-    """An MMEB video-eval row; `cands` are (text, frame folder) pairs, the gold one first."""
-    return {
-        "qry_inst": qry_inst,
-        "qry_text": qry_text,
-        "qry_video_path": qry_video,
-        "tgt_inst": tgt_inst,
-        "tgt_text": [t for t, _ in cands],
-        "tgt_video_path": [p for _, p in cands],
-    }
+    return eval_row("video", qry_inst, qry_text, qry_video, tgt_inst, cands)
 
 
 def label_candidates(gold: str, labels: list[str]) -> list[tuple[str, str]]:

@@ -265,6 +265,11 @@ def clipart_qa(ctx: Context) -> dict[str, list[dict]]:
     return out
 
 
+def ten_clips(ctx: Context, c: Clip, pool: list[Clip], tag: str) -> list[Clip]:
+    """`c` and 9 other clips of `pool` (seeded by `tag`): the candidates of a title <-> picture row."""
+    return [c, *negatives(c, pool, lambda x: x.key, 9, ctx.seed, tag)]
+
+
 def clipart_t2i(ctx: Context) -> dict[str, list[dict]]:
     """Title -> its picture, among 10 pictures."""
     out = {}
@@ -276,10 +281,7 @@ def clipart_t2i(ctx: Context) -> dict[str, list[dict]]:
                 c.title,
                 "",
                 IMG_TGT,
-                [
-                    ("", ctx.clip_path(x))
-                    for x in [c, *negatives(c, pool, lambda x: x.key, 9, ctx.seed, "T2I")]
-                ],
+                [("", ctx.clip_path(x)) for x in ten_clips(ctx, c, pool, "T2I")],
             )
             for c in chosen
         ]
@@ -289,19 +291,16 @@ def clipart_t2i(ctx: Context) -> dict[str, list[dict]]:
 def clipart_i2t(ctx: Context) -> dict[str, list[dict]]:
     """Picture -> its title, among 10 titles."""
     out = {}
+    hint_words = qa_vocabulary(ctx)[1]
     for split in SPLITS:
         chosen, pool = sample_pool(ctx, "Clipart-I2T", split, ctx.clipart[split])
         out[split] = [
             with_hint(
                 image_row(
-                    I2T_QRY,
-                    "",
-                    ctx.clip_path(c),
-                    "",
-                    [(x.title, "") for x in [c, *negatives(c, pool, lambda x: x.key, 9, ctx.seed, "I2T")]],
+                    I2T_QRY, "", ctx.clip_path(c), "", [(x.title, "") for x in ten_clips(ctx, c, pool, "I2T")]
                 ),
                 split,
-                clip_hint(c, (c.title,), qa_vocabulary(ctx)[1], title=False),
+                clip_hint(c, (c.title,), hint_words, title=False),
             )
             for c in chosen
         ]

@@ -134,6 +134,7 @@ def make_teacher(cfg: ReasonConfig):
     g = cfg.generate
     spec = g.teacher
     kind, _, rest = spec.partition(":")
+    sampling = {"temperature": g.temperature, "top_p": g.top_p}
     if spec == "hints":
         return HintTeacher()
     if spec == "nano" or kind == "local":
@@ -143,8 +144,7 @@ def make_teacher(cfg: ReasonConfig):
         return LocalTeacher(
             Embedder.from_pretrained(model),
             name=f"local:{model}",
-            temperature=g.temperature,
-            top_p=g.top_p,
+            **sampling,
             max_think_tokens=g.max_think_tokens,
             max_answer_tokens=g.max_answer_tokens,
             batch_size=g.batch_size,
@@ -155,8 +155,7 @@ def make_teacher(cfg: ReasonConfig):
         return OpenAITeacher(
             g.base_url,
             rest,
-            temperature=g.temperature,
-            top_p=g.top_p,
+            **sampling,
             max_tokens=g.max_tokens,
             concurrency=g.concurrency,
             timeout=g.timeout,
@@ -164,9 +163,8 @@ def make_teacher(cfg: ReasonConfig):
         )
     if kind == "file" and rest:
         return FileTeacher(Path(rest))
-    raise InputError(
-        f"--teacher (generate.teacher) {spec!r}: expected {tree_field(ReasonConfig, 'generate.teacher').metadata['help']}"
-    )
+    choices = tree_field(ReasonConfig, "generate.teacher").metadata["help"]
+    raise InputError(f"--teacher (generate.teacher) {spec!r}: expected {choices}")
 
 
 def cmd_generate(cfg: ReasonConfig, quiet: bool) -> int:
@@ -257,11 +255,16 @@ def cmd_select(cfg: ReasonConfig, quiet: bool) -> int:
     return 0
 
 
-def _report(cfg: ReasonConfig, command: str, report: dict, text: str) -> int:
-    """Print a report and, with an out folder, write it as OUT/<command>.json (atomically) with the settings."""
+def _scored_report(cfg: ReasonConfig, command: str, quiet: bool, run, text, **kwargs) -> int:
+    """inspect / diagnose: `run` over the pairs and their candidates; print `text(report)` and, with an out
+    folder, write OUT/<command>.json (atomically) and the settings."""
     from ..io import atomic_write
+    from .scoring import ScoreSettings
 
-    print(text)
+    pairs, embedder, cache = _scored_pairs(cfg)
+    settings = ScoreSettings(batch_size=cfg.score.batch_size, progress=not quiet)
+    report = run(embedder, pairs, Path(cfg.data.candidates), cache, settings=settings, **kwargs)
+    print(text(report))
     out = getattr(cfg, command).out
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -271,37 +274,17 @@ def _report(cfg: ReasonConfig, command: str, report: dict, text: str) -> int:
 
 
 def cmd_inspect(cfg: ReasonConfig, quiet: bool) -> int:
-    from .scoring import ScoreSettings
     from .sensitivity import format_inspect, run_inspect
 
     i = cfg.inspect
-    pairs, embedder, cache = _scored_pairs(cfg)
-    report = run_inspect(
-        embedder,
-        pairs,
-        Path(cfg.data.candidates),
-        cache,
-        selection_path=Path(i.selection) if i.selection else None,
-        n=i.n,
-        examples=i.examples,
-        settings=ScoreSettings(batch_size=cfg.score.batch_size, progress=not quiet),
-    )
-    return _report(cfg, "inspect", report, format_inspect(report))
+    selection = Path(i.selection) if i.selection else None
+    return _scored_report(cfg, "inspect", quiet, run_inspect, format_inspect, selection_path=selection, n=i.n,
+                          examples=i.examples)  # fmt: skip
 
 
 def cmd_diagnose(cfg: ReasonConfig, quiet: bool) -> int:
     from .diagnose import format_diagnose, run_diagnose
-    from .scoring import ScoreSettings
 
     d = cfg.diagnose
-    pairs, embedder, cache = _scored_pairs(cfg)
-    report = run_diagnose(
-        embedder,
-        pairs,
-        Path(cfg.data.candidates),
-        cache,
-        own=d.own,
-        max_new_tokens=d.max_new_tokens,
-        settings=ScoreSettings(batch_size=cfg.score.batch_size, progress=not quiet),
-    )
-    return _report(cfg, "diagnose", report, format_diagnose(report))
+    return _scored_report(cfg, "diagnose", quiet, run_diagnose, format_diagnose, own=d.own,
+                          max_new_tokens=d.max_new_tokens)  # fmt: skip

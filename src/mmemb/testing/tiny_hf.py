@@ -73,16 +73,8 @@ ADDED_TOKENS = {"qwen2_vl": _QWEN2_VL_ADDED, "qwen2_5_vl": _QWEN2_5_VL_ADDED, "q
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 VIDEO_PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
 
-# Qwen2-VL / Qwen2.5-VL chat template (ChatML, default system prompt when none is given).
-_QWEN2_VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}"
+# Both families' loop over a message's parts: images and videos become their placeholders, text is copied.
+_CONTENT_PARTS = (
     "{% for content in message['content'] %}"
     "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
     "{% set image_count.value = image_count.value + 1 %}"
@@ -94,7 +86,18 @@ _QWEN2_VL_CHAT_TEMPLATE = (
     "<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif 'text' in content %}{{ content['text'] }}"
     "{% endif %}"
-    "{% endfor %}<|im_end|>\n"
+)
+
+# Qwen2-VL / Qwen2.5-VL chat template (ChatML, default system prompt when none is given).
+_QWEN2_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}" + _CONTENT_PARTS + "{% endfor %}<|im_end|>\n"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -106,19 +109,7 @@ _QWEN3_VL_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}"
-    "{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}"
-    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}"
-    "{% endif %}"
-    "{% endfor %}"
+    "{% else %}" + _CONTENT_PARTS + "{% endfor %}"
     "{% endif %}<|im_end|>\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -299,58 +290,43 @@ def build_config(family: str, tokenizer: Any, width: int = TEXT_HIDDEN, layers: 
         "vision_end_token_id": ids["vision_end_token_id"],
         "tie_word_embeddings": False,
     }
+    # every family's vision tower: 2 blocks, 2 heads, 2x2 patches merged into one token, frame pairs
+    vision = {"depth": 2, "num_heads": 2, "in_channels": 3, "spatial_merge_size": 2, "temporal_patch_size": 2,
+              "initializer_range": INITIALIZER_RANGE}  # fmt: skip
     if family == "qwen2_vl":
         text["use_sliding_window"] = False
-        vision = {
-            "depth": 2,
+        vision |= {
             "embed_dim": 32,
             "hidden_size": width,  # merger output = LLM width
             "hidden_act": "quick_gelu",
             "mlp_ratio": 2,
-            "num_heads": 2,
-            "in_channels": 3,
             "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "initializer_range": INITIALIZER_RANGE,
         }
         config = transformers.Qwen2VLConfig(text_config=text, vision_config=vision, **common)
     elif family == "qwen2_5_vl":
         text["use_sliding_window"] = False
-        vision = {
-            "depth": 2,
+        vision |= {
             "hidden_size": 32,
             "hidden_act": "silu",
             "intermediate_size": 64,
-            "num_heads": 2,
-            "in_channels": 3,
             "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
             "tokens_per_second": 2,
             "window_size": 112,
             "out_hidden_size": width,
             "fullatt_block_indexes": [1],
-            "initializer_range": INITIALIZER_RANGE,
         }
         config = transformers.Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
     elif family == "qwen3_vl":
         text["head_dim"] = HEAD_DIM
         text["attention_bias"] = False
-        vision = {
-            "depth": 2,
+        vision |= {
             "hidden_size": 32,
             "hidden_act": "gelu_pytorch_tanh",
             "intermediate_size": 64,
-            "num_heads": 2,
-            "in_channels": 3,
             "patch_size": 16,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
             "out_hidden_size": width,
             "num_position_embeddings": 64,  # 8x8 grid, interpolated to the image grid
             "deepstack_visual_indexes": [0, 1],
-            "initializer_range": INITIALIZER_RANGE,
         }
         config = transformers.Qwen3VLConfig(text_config=text, vision_config=vision, **common)
     else:
