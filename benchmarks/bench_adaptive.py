@@ -19,16 +19,14 @@ p-share of think mode's batches.
 
 from __future__ import annotations
 
-import argparse
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from bench_precision import queries  # the script's folder is on sys.path
-from results_io import write_result
+from common import bench_parser, write_result
 
 from mmemb import Embedder
 
@@ -49,15 +47,12 @@ def force_head(model: Embedder, disc: torch.Tensor, p: float) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="nano-r1", help="a saved mmemb model (binary policy)")
+    ap = bench_parser(
+        __doc__, "adaptive", model="nano-r1", dtype_help="; float32: thinkers' tokens equal think mode's"
+    )
     ap.add_argument("--per-task", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument(
-        "--dtype", help="compute dtype (default: the model's; float32: thinkers' tokens equal think mode's)"
-    )
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/adaptive.json"))
     args = ap.parse_args()
     model = Embedder.from_pretrained(args.model, dtype=args.dtype)
     items = queries(args.per_task)

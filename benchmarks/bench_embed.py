@@ -15,7 +15,6 @@ Runs alternate (A, B, A, B, ...) and the median of each is reported, so load on 
 
 from __future__ import annotations
 
-import argparse
 import platform
 import statistics
 import tempfile
@@ -24,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import bench_parser, write_result
 from PIL import Image
-from results_io import write_result
 
 from mmemb import Embedder, Sample
 
@@ -60,11 +59,10 @@ def alternate(a, b, repeats: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__, "embed")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--items", type=int, default=64)
     ap.add_argument("--gen-tokens", type=int, default=32)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/embed.json"))
     args = ap.parse_args()
     torch.manual_seed(0)
     emb = Embedder.from_pretrained("nano")

@@ -9,14 +9,13 @@ for a disc evaluation of nano on 2 cores) and unique / total items per task.
 
 from __future__ import annotations
 
-import argparse
 import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from results_io import write_result
+from common import bench_parser, write_result
 
 from mmemb import Embedder
 from mmemb.data import tasks as tasks_module
@@ -25,8 +24,7 @@ from mmemb.eval.runner import EvalSettings
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/eval_cache.json"))
+    ap = bench_parser(__doc__, "eval_cache")
     args = ap.parse_args()
     embedder = Embedder.from_pretrained("nano")
     settings = EvalSettings(progress=False)

@@ -19,16 +19,14 @@ Reported: generated tokens/s of each and the ratios, and per way how many rows g
 
 from __future__ import annotations
 
-import argparse
 import copy
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from results_io import write_result
+from common import bench_parser, write_result
 
 from mmemb import Embedder
 from mmemb.data.tasks import load_task
@@ -146,14 +144,9 @@ def hf_generate(model: Embedder, lm, items, caps, batch_size: int) -> list[list[
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="nano-r1")
+    ap = bench_parser(__doc__, "generate", model="nano-r1", dtype_help="; float32 shows equal tokens")
     ap.add_argument("--rows", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument(
-        "--dtype", help="compute dtype (default: the model's setting; float32 shows equal tokens)"
-    )
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/generate.json"))
     args = ap.parse_args()
     model = Embedder.from_pretrained(args.model, dtype=args.dtype)
     model.backbone.eval()

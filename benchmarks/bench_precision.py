@@ -16,15 +16,13 @@ vectors of every query (min, mean), the bound the tests use, and the loss of the
 
 from __future__ import annotations
 
-import argparse
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from results_io import write_result
+from common import bench_parser, write_result
 
 from mmemb import Embedder
 from mmemb.data.tasks import load_task
@@ -88,11 +86,10 @@ def train_step_fn(precision: str):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__, "precision")
     ap.add_argument("--model", default="nano-r1")
     ap.add_argument("--per-task", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/precision.json"))
     args = ap.parse_args()
     models = {d: Embedder.from_pretrained(args.model, dtype=d) for d in ("float32", "bfloat16")}
     items = queries(args.per_task)

@@ -20,7 +20,7 @@ import statistics
 import time
 from pathlib import Path
 
-from results_io import write_result
+from common import write_result
 
 
 def main() -> None:

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import argparse
 import platform
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from results_io import write_result
+from common import bench_parser, write_result
 
 from mmemb import Embedder
 from mmemb.config import EmbedderConfig
@@ -108,10 +107,9 @@ def bench_selection(n_pairs: int, k: int = 4) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__, "reasoning")
     ap.add_argument("--queries", type=int, default=32)
     ap.add_argument("--pairs", type=int, default=2500)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/reasoning.json"))
     args = ap.parse_args()
     result = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",

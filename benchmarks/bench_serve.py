@@ -26,7 +26,6 @@ Every cell is bounded by `--requests` per client group and `--cell-s` seconds. N
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
@@ -41,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from results_io import write_result
+from common import bench_parser, write_result
 
 from mmemb.data.tasks import load_task
 from mmemb.eval.evaluate import resolve
@@ -172,7 +171,7 @@ def dtype_part(model: str, items: list[dict], rounds: int, requests: int, cell_s
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__, "serve")
     ap.add_argument("--model", default="nano-r1")
     ap.add_argument("--per-task", type=int, default=8, help="mmeb-mini test queries per task to cycle")
     ap.add_argument("--requests", type=int, default=48, help="requests per cell")
@@ -182,7 +181,6 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=64, help="max_new_tokens of think / adaptive requests")
     ap.add_argument("--dtype-rounds", type=int, default=2, help="part 5: float32 / bf16 rounds (0: skip)")
     ap.add_argument("--only-dtype", action="store_true", help="run part 5 alone and update --out")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/serve.json"))
     args = ap.parse_args()
     items = request_items(args.per_task)
     if args.only_dtype:

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results_io import write_result
+from common import bench_parser, write_result
 
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
 
@@ -108,11 +108,10 @@ def free_port() -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__, "sharding")
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/sharding.json"))
     ap.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:

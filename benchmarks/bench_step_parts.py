@@ -10,23 +10,20 @@ Threads 2 and 1 alternate, `--repeats` steps each, twice.
 
 from __future__ import annotations
 
-import argparse
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from bench_precision import train_step_fn  # the script's folder is on sys.path
-from results_io import write_result
+from common import bench_parser, write_result
 
 import mmemb.backbones.nano as nano
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__, "step_parts")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/step_parts.json"))
     args = ap.parse_args()
     step, _ = train_step_fn("bf16")
     spent = {"vision": 0.0, "prepare": 0.0}

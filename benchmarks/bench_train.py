@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from results_io import write_result
+from common import bench_parser, write_result
 
 
 def rss_mb() -> float:
@@ -74,10 +74,9 @@ def worker(size: int, chunk: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__, "train")
     ap.add_argument("--sizes", default="8,16,32")
     ap.add_argument("--chunk", type=int, default=4)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/train.json"))
     ap.add_argument("--worker", nargs=2, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
