@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .backbones.base import Backbone, DecodeState, Prompts
+from .backbones.base import Backbone, DecodeState, Prompts, cache_layers
 
 
 @dataclass
@@ -115,16 +115,6 @@ def _guard(tok: torch.Tensor, rows: list[Row], ids: dict[str, int], stop_ids: to
         elif (t in ends and t != close_think) or n >= r.cap - max(5, r.cap // 4):  # in the reasoning
             out[b] = close_think
     return out
-
-
-def cache_layers(cache) -> list:
-    """The per-layer key/value holders of a transformers DynamicCache."""
-    layers = getattr(cache, "layers", None)
-    if layers is None or any(type(lay).__name__ != "DynamicLayer" for lay in layers):
-        raise TypeError(
-            f"continuous batching needs a DynamicCache of full-attention layers, got {type(cache)}"
-        )
-    return layers
 
 
 def _left_pad(t: torch.Tensor, length: int, dim: int = 1) -> torch.Tensor:

@@ -120,8 +120,6 @@ class Backbone(nn.Module):
         tokens."""
         cache, mask, pos = None, attention_mask, position_ids
         if prefix_ids is not None:
-            from ..decode import cache_layers
-
             P, B = prefix_ids.shape[1], mask.shape[0]
             ones = torch.ones_like(prefix_ids)  # (1, P)
             _, pc = self.forward_hidden(
@@ -259,8 +257,6 @@ class Backbone(nn.Module):
         mask = torch.ones_like(ids)
         with torch.no_grad():
             _, cache = self.forward_hidden(ids, mask, self.text_positions(mask), None, None, use_cache=True)
-        from ..decode import cache_layers
-
         return Prefix(P, [(layer.keys, layer.values) for layer in cache_layers(cache)])
 
     @torch.no_grad()
@@ -282,3 +278,13 @@ class Backbone(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits (B, V) from last-layer hidden states (B, D)."""
         return self.lm_head(hidden).float()
+
+
+def cache_layers(cache) -> list:
+    """The per-layer key/value holders of a transformers DynamicCache."""
+    layers = getattr(cache, "layers", None)
+    if layers is None or any(type(lay).__name__ != "DynamicLayer" for lay in layers):
+        raise TypeError(
+            f"continuous batching needs a DynamicCache of full-attention layers, got {type(cache)}"
+        )
+    return layers
