@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from mmemb.cache import CachedEncoder, EmbeddingCache, Generation, cache_tag, completion_key, content_key
 from mmemb.types import Embeddings, Sample
@@ -90,3 +91,52 @@ def test_teacher_forced_completions_are_keyed_by_their_text(tmp_path):
     meta = json.loads(next((tmp_path / "fp" / "forced").glob("shard-*.json")).read_text())
     assert meta["info"] == [{"seconds": 0.5}, {"seconds": 0.5}]  # the completion is the caller's, not stored
     assert EmbeddingCache(tmp_path, "fp", "forced").missing(keys) == []
+
+
+def _corruptions():
+    """How a shard goes bad on disk: (name, what to do to its .json and .npy paths)."""
+
+    def permute_rows(meta, npy):
+        v = np.load(npy)
+        np.save(npy, v[::-1].copy(), allow_pickle=False)  # a valid .npy with its rows in another order
+
+    def permute_keys(meta, npy):
+        d = json.loads(meta.read_text())
+        d["keys"] = d["keys"][::-1]
+        meta.write_text(json.dumps(d))
+
+    def legacy(meta, npy):
+        d = json.loads(meta.read_text())
+        del d["sha256"]
+        meta.write_text(json.dumps(d))
+
+    return {
+        "empty json": lambda meta, npy: meta.write_bytes(b""),
+        "torn json": lambda meta, npy: meta.write_bytes(meta.read_bytes()[:-7]),
+        "empty npy": lambda meta, npy: npy.write_bytes(b""),
+        "torn npy": lambda meta, npy: npy.write_bytes(npy.read_bytes()[:-5]),
+        "missing npy": lambda meta, npy: npy.unlink(),
+        "rows permuted": permute_rows,
+        "keys permuted": permute_keys,
+        "no checksum": legacy,
+        "not utf-8": lambda meta, npy: meta.write_bytes(b"\xff\xfe{"),
+    }
+
+
+@pytest.mark.parametrize("how", list(_corruptions()))
+def test_a_bad_shard_is_named_set_aside_and_re_embedded_never_trusted(tmp_path, capsys, how):
+    e = CountingEmbedder()
+    want, _ = CachedEncoder(e, tmp_path, shard_size=3).samples(samples(6), "disc")
+    meta = sorted((tmp_path / "fp" / "disc").glob("shard-*.json"))[0]
+    _corruptions()[how](meta, meta.with_suffix(".npy"))
+    capsys.readouterr()
+    again = CachedEncoder(e, tmp_path, shard_size=3)
+    got, _ = again.samples(samples(6), "disc")
+    np.testing.assert_array_equal(got, want)  # the same vectors: never the corrupted ones
+    assert again.embedded_now == 3  # only the bad shard's items
+    err = capsys.readouterr().err
+    said = "1 cache shard(s) in" if how == "no checksum" else f"cache shard {meta}"
+    assert said in err and "embedded again" in err
+    assert (meta.parent / (meta.name + ".bad")).exists() and not meta.exists()
+    CachedEncoder(e, tmp_path).samples(samples(6), "disc")  # the next run: clean, nothing said
+    assert capsys.readouterr().err == ""

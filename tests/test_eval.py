@@ -339,3 +339,15 @@ def test_frames_are_read_in_vlm2vec_order_and_sampled_at_its_indices(tmp_path):
     picked = [p.name for p in sample_frames(frames, 8)]
     assert picked == [f"frame{i}.jpg" for i in (1, 2, 3, 4, 6, 7, 8, 10)]
     assert sample_frames(frames[:5], 8) == list(frames[:5])  # fewer than asked: all of them, not padded
+
+
+def test_a_corrupted_cache_neither_crashes_an_eval_nor_changes_its_scores(root, tmp_path, capsys):
+    first = mock_eval(root, tmp_path)["runs"]["disc-disc"]
+    shards = sorted((tmp_path / "c").rglob("shard-*.npy"))
+    for npy in shards[:2]:  # one permuted (a valid file with other numbers), one torn
+        v = np.load(npy)
+        np.save(npy, v[::-1].copy(), allow_pickle=False)
+    shards[2].write_bytes(shards[2].read_bytes()[:40])
+    again = mock_eval(root, tmp_path)["runs"]["disc-disc"]
+    assert {t: r.metrics for t, r in again.items()} == {t: r.metrics for t, r in first.items()}
+    assert capsys.readouterr().err.count("set aside") == 3

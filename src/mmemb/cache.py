@@ -7,14 +7,19 @@ the policy's outcomes all embed through `CachedEncoder`.
                                                               shard-<id>.json {"keys": [...], "info": [...]}
     CachedEncoder(embedder, root)  .encode(items, keys, mode, ...) embeds the keys the cache lacks
 
-A shard counts only once its .json exists, and both files are written atomically (io.py), the .json last,
-so an interrupted run leaves complete shards only: the next run resumes from them, never from half a file.
+A shard counts only once its .json exists, and both files are written atomically and fsync'ed (io.py), the
+.json last, so an interrupted run leaves complete shards only: the next run resumes from them. The .json holds
+a checksum of the vectors and the keys: a shard that was torn, emptied or changed later (rows permuted, a
+key edited) is never read as valid; it is set aside as *.bad, named on stderr, and its items are embedded
+again, so a corrupted cache costs time, never a crash or a changed score.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,31 +80,87 @@ class EmbeddingCache:
         self.dir = Path(root) / fingerprint / tag
         self.vectors: dict[str, np.ndarray] = {}
         self.info: dict[str, dict] = {}
-        if self.dir.is_dir():
-            for meta in sorted(self.dir.glob("shard-*.json")):
-                vec_path = meta.with_suffix(".npy")
-                if not vec_path.is_file():
-                    continue
-                data = json.loads(meta.read_text())
-                vecs = np.load(vec_path, allow_pickle=False)
-                for k, v, i in zip(data["keys"], vecs, data["info"], strict=True):
-                    self.vectors[k], self.info[k] = v, i
+        legacy = 0
+        for meta in sorted(self.dir.glob("shard-*.json")) if self.dir.is_dir() else []:
+            try:
+                keys, vecs, info = read_shard(meta)
+            except ShardError as e:
+                legacy += e.legacy
+                set_aside(meta, None if e.legacy else str(e))
+                continue
+            for k, v, i in zip(keys, vecs, info, strict=True):
+                self.vectors[k], self.info[k] = v, i
+        if legacy:
+            print(f"mmemb: {legacy} cache shard(s) in {self.dir} were written by an older mmemb without a "
+                  "checksum; set aside as *.bad, their items are embedded again (once)", file=sys.stderr)  # fmt: skip
 
     def missing(self, keys: list[str]) -> list[str]:
         return [k for k in dict.fromkeys(keys) if k not in self.vectors]
 
     def add(self, keys: list[str], vectors: np.ndarray, info: list[dict]) -> None:
-        """Store one shard: vectors (N, D) for `keys`, with per-item info (latency, tokens...)."""
+        """Store one shard: vectors (N, D) for `keys`, with per-item info (latency, tokens...); the .json
+        holds the checksum of the vectors and keys, so a changed or torn shard is never read as valid."""
         name = f"shard-{uuid.uuid4().hex[:12]}"
-        atomic_write(
-            self.dir / f"{name}.npy", lambda f: np.save(f, vectors.astype(np.float32), allow_pickle=False)
-        )
-        atomic_write(self.dir / f"{name}.json", json.dumps({"keys": keys, "info": info}))
+        buf = io.BytesIO()
+        np.save(buf, vectors.astype(np.float32), allow_pickle=False)
+        atomic_write(self.dir / f"{name}.npy", buf.getvalue())
+        meta = {"keys": keys, "info": info, "sha256": shard_digest(buf.getvalue(), keys)}
+        atomic_write(self.dir / f"{name}.json", json.dumps(meta))
         for k, v, i in zip(keys, vectors, info, strict=True):
             self.vectors[k], self.info[k] = v, i
 
     def get(self, keys: list[str]) -> np.ndarray:
         return np.stack([self.vectors[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
+
+
+class ShardError(Exception):
+    """A cache shard that cannot be trusted (says why); `legacy`: only that it has no checksum."""
+
+    def __init__(self, why: str, legacy: bool = False) -> None:
+        super().__init__(why)
+        self.legacy = legacy
+
+
+def shard_digest(npy: bytes, keys: list[str]) -> str:
+    """The checksum of a shard: its .npy bytes and its keys, in order (rows and keys are paired by order)."""
+    return hashlib.sha256(npy + json.dumps(keys).encode()).hexdigest()
+
+
+def read_shard(meta: Path) -> tuple[list[str], np.ndarray, list[dict]]:
+    """The keys, vectors (N, D) and info of the shard whose .json is `meta`, checked against its checksum."""
+    try:
+        data = json.loads(meta.read_bytes())
+        npy = meta.with_suffix(".npy").read_bytes()
+    except (OSError, ValueError) as e:  # ValueError: torn or empty JSON, bad UTF-8
+        raise ShardError(f"cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict) or not {"keys", "info", "sha256"} <= set(data):
+        raise ShardError("has no checksum", legacy=isinstance(data, dict) and {"keys", "info"} <= set(data))
+    keys, info = data["keys"], data["info"]
+    if not isinstance(keys, list) or not isinstance(info, list) or len(keys) != len(info):
+        raise ShardError("its keys and info do not pair up")
+    if shard_digest(npy, keys) != data["sha256"]:
+        raise ShardError("its vectors or keys changed since they were written (checksum mismatch)")
+    try:
+        vecs = np.load(io.BytesIO(npy), allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ShardError(f"its vectors cannot be read ({e})") from None
+    if vecs.ndim != 2 or len(vecs) != len(keys):
+        raise ShardError(f"holds {vecs.shape} vectors for {len(keys)} keys")
+    return keys, vecs, info
+
+
+def set_aside(meta: Path, why: str | None) -> None:
+    """Rename a bad shard's files to *.bad (kept for a look, never read again) and say `why` on stderr."""
+    for path in (meta, meta.with_suffix(".npy")):
+        try:
+            path.replace(path.with_name(path.name + ".bad"))
+        except (
+            OSError
+        ):  # already gone (another process set it aside), or a read-only cache: skipped all the same
+            pass
+    if why is not None:
+        print(f"mmemb: cache shard {meta} {why}; set aside as {meta.name}.bad, its items are embedded again",
+              file=sys.stderr)  # fmt: skip
 
 
 class CachedEncoder:
