@@ -179,7 +179,9 @@ def test_file_paths_only_under_the_allowed_root(tiny, tmp_path):
         np.testing.assert_allclose(vectors(ok), tiny.encode([Sample(image=inside)]).vectors, atol=1e-5)
         for path in (outside, root / ".." / "out.png", root / "link.png"):
             r = c.post("/v1/embeddings", json={"input": [{"image": f"file://{path}"}]})
-            assert r.status_code == 400 and "outside the allowed root" in r.json()["error"]["message"], path
+            msg = r.json()["error"]["message"]
+            assert r.status_code == 400 and "not under the folder this server may read" in msg, path
+            assert str(root) not in msg.replace(str(path), "")  # the allowed root is not told
 
 
 def test_api_key(tiny):
@@ -194,13 +196,22 @@ def test_api_key(tiny):
         assert c.get("/health").json()["status"] == "ok"  # liveness needs no key
 
 
-def test_full_queue_is_429_with_retry_after(tiny):
-    with make_client(tiny, max_queue=0) as c:
-        r = c.post("/v1/embeddings", json={"input": "x"})
+def test_full_queue_is_429_with_retry_after_and_a_request_it_can_never_hold_is_413(tiny):
+    gated = Gated(tiny)
+    with make_client(gated, max_queue=1, max_batch=1) as c:
+        b = c.app.state.batcher
+        running = b.submit(Job([Sample(text="a")], "think", CAP))
+        gated.started()  # holds the slow lane
+        queued = b.submit(Job([Sample(text="b")], "think", CAP))  # the lane's one place
+        r = c.post("/v1/embeddings", json={"input": "x", "mode": "think", "max_new_tokens": CAP})
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
         assert "queue is full" in r.json()["error"]["message"]
+        gated.open.set()
+        running.result(timeout=30), queued.result(timeout=30)
         metrics = c.get("/metrics").text
-        assert 'mmemb_requests_total{mode="disc",status="429"} 1.0' in metrics
+        assert 'mmemb_requests_total{mode="think",status="429"} 1.0' in metrics
+        r = c.post("/v1/embeddings", json={"input": ["x", "y"]})  # idle, but 2 inputs > a queue of 1
+        assert r.status_code == 413 and "queues at most 1: split the request" in r.json()["error"]["message"]
 
 
 def test_metrics_count_requests_items_and_batches(tiny):
@@ -244,6 +255,9 @@ class Gated:
 
     def started(self):
         assert self.entered.wait(30), "the gated call never started"
+
+    def __getattr__(self, name):  # the rest of the embedder (the app reads its backbone and tokenizer)
+        return getattr(self.inner, name)
 
 
 def test_split_lanes_keep_disc_off_the_generation_path(tiny):
@@ -429,3 +443,75 @@ def test_a_request_that_went_away_is_dropped_and_the_lane_goes_on(tiny):
     lane = b.lanes["fast"]
     b.close()  # waits for the worker: its bookkeeping is final
     assert lane.queued == 0 and lane.busy == 0
+
+
+# ---- hostile input: every case is the client's 4xx in OpenAI's shape, never a 500 (issue 21) ----------------
+def error_of(r, status: int) -> str:
+    assert r.status_code == status, (r.status_code, r.text)
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "code"} and err["type"] == "invalid_request_error"
+    return err["message"]
+
+
+def test_bodies_the_json_parser_cannot_take_are_400(client):
+    deep = b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert "nested too deeply" in error_of(client.post("/v1/embeddings", content=deep), 400)
+    huge_int = b'{"input": "x", "dimensions": ' + b"9" * 5000 + b"}"
+    assert "not valid JSON" in error_of(client.post("/v1/embeddings", content=huge_int), 400)
+    assert "not valid JSON" in error_of(client.post("/v1/embeddings", content=b"\xff\xfe{"), 400)
+
+
+def test_text_that_is_not_unicode_and_paths_with_nul_are_400(tiny, tmp_path):
+    lone = b'{"input": [{"text": "a \\ud800 b"}]}'  # valid JSON, not encodable as UTF-8
+    with make_client(tiny, limits=Limits(allow_path_root=tmp_path)) as c:
+        assert "input[0].text: not valid Unicode" in error_of(c.post("/v1/embeddings", content=lone), 400)
+        r = c.post("/v1/embeddings", json={"input": [{"image": f"file://{tmp_path}/a\x00.png"}]})
+        assert "NUL" in error_of(r, 400)
+        lone_instruction = b'{"input": [{"text": "a", "instruction": "\\udfff"}]}'
+        assert "instruction: not valid Unicode" in error_of(
+            c.post("/v1/embeddings", content=lone_instruction), 400
+        )
+
+
+def test_unknown_routes_and_methods_answer_in_openai_shape_and_there_are_no_docs(tiny):
+    with make_client(tiny, api_key="k") as c:
+        error_of(c.get("/v1/nothing"), 404)
+        assert c.get("/v1/embeddings").status_code == 405
+        assert c.get("/v1/embeddings").json()["error"]["code"] == "method_not_allowed"
+        for route in ("/docs", "/redoc", "/openapi.json"):  # nothing answers without the key
+            assert error_of(c.get(route), 404)
+
+
+def test_return_text_must_be_a_json_boolean(client):
+    for value in ("false", 0, 1, None, "true"):
+        r = client.post("/v1/embeddings", json={"input": "x", "return_text": value})
+        assert "return_text must be true or false" in error_of(r, 400), value
+    r = client.post("/v1/embeddings", json={"input": "x", "return_text": False})
+    assert r.status_code == 200 and "text" not in r.json()["data"][0]
+
+
+def test_a_client_that_leaves_mid_body_is_499_not_an_error(tiny, caplog):
+    import asyncio
+
+    app = create_app(tiny, ServeSettings(model_name="tiny"))
+    messages = [
+        {"type": "http.request", "body": b'{"input": "a', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent = []
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/embeddings", "raw_path": b"/v1/embeddings",
+             "query_string": b"", "headers": [(b"content-type", b"application/json")], "http_version": "1.1",
+             "scheme": "http", "server": ("test", 80), "client": ("client", 1), "root_path": ""}  # fmt: skip
+    with caplog.at_level("ERROR", logger="mmemb.serve"):
+        asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 499 and not caplog.records
+    metrics = TestClient(app).get("/metrics").text
+    assert 'status="499"} 1.0' in metrics and 'status="500"' not in metrics
+    app.state.batcher.close()

@@ -8,8 +8,10 @@
     GET  /metrics         Prometheus text format
 
 Requests are batched by serve/batcher.py. Errors use OpenAI's shape, `{"error": {"message", "type", "code"}}`:
-400 bad input (which item, what to do), 401 missing or wrong API key, 404 another model, 413 body / inputs /
-text over the limits, 429 queue full (with Retry-After), 500 a failure inside the model (that request only).
+400 bad input (which item, what to do), 401 missing or wrong API key, 404 another model or no such route,
+405 a wrong method, 413 body / inputs / text over the limits (or more inputs than the queue holds), 429 queue
+full (with Retry-After), 500 a failure inside the model (that request only). A client that leaves before its
+body arrived is counted as 499 and not logged as an error.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..types import MODES, InputError
 from .batcher import Batcher, Job, QueueFull
@@ -116,6 +120,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def parse_json(raw: bytes) -> object:
+    """The body as JSON; anything that is not (bad UTF-8, bad syntax, nesting too deep for the parser,
+    integers past Python's digit limit) is the client's 400, never the server's 500."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
+        raise RequestError(400, f"the body is not valid JSON ({why})") from None
+
+
 def embeddings_body(req, emb, model_name: str, prompt_tokens: int, metrics: Metrics) -> dict:
     """The OpenAI embeddings response for a parsed request and its Embeddings (counted into `metrics`)."""
     data, total_gen = [], 0
@@ -166,8 +180,14 @@ def create_app(embedder, settings: ServeSettings):
         yield
         await run_in_threadpool(batcher.close)
 
-    app = FastAPI(title="mmemb", lifespan=lifespan)
+    # no /docs, /redoc or /openapi.json: the API is the README's, and nothing answers without the key
+    app = FastAPI(title="mmemb", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.batcher = batcher
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, e: StarletteHTTPException):  # 404, 405: in OpenAI's shape too
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return error_response(e.status_code, str(e.detail), codes.get(e.status_code, "http_error"), e.headers)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
@@ -176,10 +196,7 @@ def create_app(embedder, settings: ServeSettings):
             if not authorized(settings, request):
                 status = 401
                 return unauthorized()
-            try:
-                body = json.loads(await read_body(request, settings.max_body_bytes))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise RequestError(400, f"the body is not valid JSON ({e})") from None
+            body = parse_json(await read_body(request, settings.max_body_bytes))
             mode = body.get("mode", settings.mode) if isinstance(body, dict) else mode
             mode = mode if mode in MODES else "invalid"  # a metrics label: never the user's free text
             model = body.get("model") if isinstance(body, dict) else None
@@ -190,6 +207,9 @@ def create_app(embedder, settings: ServeSettings):
                 req = await run_in_threadpool(
                     parse_request, body, settings.mode, settings.limits, Path(tmp), dim
                 )
+                if len(req.samples) > settings.max_queue:  # would wait for a queue that can never hold it
+                    raise RequestError(413, f"{len(req.samples)} inputs in one request; this server queues at "
+                                       f"most {settings.max_queue}: split the request", "too_large")  # fmt: skip
                 emb = await asyncio.wrap_future(
                     batcher.submit(Job(req.samples, req.mode, req.max_new_tokens))
                 )
@@ -198,6 +218,9 @@ def create_app(embedder, settings: ServeSettings):
         except RequestError as e:
             status = e.status
             return error_response(e.status, e.message, e.code)
+        except ClientDisconnect:  # gone before its body arrived: nothing to answer, nothing went wrong here
+            status = 499
+            return Response(status_code=499)
         except QueueFull as e:
             status = 429
             return error_response(429, str(e), "queue_full", {"Retry-After": str(e.retry_after)})

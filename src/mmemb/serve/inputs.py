@@ -87,7 +87,10 @@ def parse_request(body: object, default_mode: str, limits: Limits, media_dir: Pa
             413, f"{len(items)} inputs in one request; the limit is {limits.max_items}", "too_large"
         )
     samples = [parse_item(x, i, limits, media_dir) for i, x in enumerate(items)]
-    return Request(samples, mode, fmt, bool(body.get("return_text", False)), cap)
+    return_text = body.get("return_text", False)
+    if not isinstance(return_text, bool):
+        raise RequestError(400, f"return_text must be true or false (JSON booleans), got {return_text!r}")
+    return Request(samples, mode, fmt, return_text, cap)
 
 
 def parse_item(x: object, i: int, limits: Limits, media_dir: Path) -> Sample:
@@ -104,6 +107,8 @@ def parse_item(x: object, i: int, limits: Limits, media_dir: Path) -> Sample:
         v = x.get(key)
         if v is not None and not isinstance(v, str):
             raise RequestError(400, f"{who}.{key}: must be a string")
+        if v and not valid_unicode(v):
+            raise RequestError(400, f"{who}.{key}: not valid Unicode (a lone surrogate such as \\ud800)")
         if v and len(v) > limits.max_text_chars:
             raise RequestError(
                 413, f"{who}.{key}: {len(v)} characters; the limit is {limits.max_text_chars}", "too_large"
@@ -136,17 +141,28 @@ def parse_item(x: object, i: int, limits: Limits, media_dir: Path) -> Sample:
         raise RequestError(400, f"{who}: {str(e).split(': ', 1)[-1]}") from None
 
 
+def valid_unicode(text: str) -> bool:
+    """False for a string JSON can carry but UTF-8 cannot (a lone surrogate such as "\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def media_file(value: str, who: str, limits: Limits, media_dir: Path) -> Path:
     """A base64 / data-URL image written to `media_dir`, or an allowed server-local file; checked to decode."""
     if value.startswith("file://"):
-        path = Path(value.removeprefix("file://"))
         root = limits.allow_path_root
         if root is None:
             raise RequestError(400, f"{who}: server-local file paths are refused by this server; send the image as "
                                "base64 or a data URL (or start the server with --allow-path-root)")  # fmt: skip
+        if "\x00" in value or not valid_unicode(value):
+            raise RequestError(400, f"{who}: a file path with a NUL character or a lone surrogate")
+        path = Path(value.removeprefix("file://"))
         real = path.resolve()
-        if not path.is_absolute() or not real.is_relative_to(root.resolve()):
-            raise RequestError(400, f"{who}: {value} is outside the allowed root {root}")
+        if not path.is_absolute() or not real.is_relative_to(root.resolve()):  # the root is not told
+            raise RequestError(400, f"{who}: {value} is not under the folder this server may read")
         if not real.is_file():
             raise RequestError(400, f"{who}: {value}: no such file under the allowed root")
     elif value.startswith(("http://", "https://")):
