@@ -305,13 +305,11 @@ class Embedder:
         split = self.split_prefix(texts)
         if split is not None:
             pre = self.shared_prefix()
-            with self.tokenizer_lock:
-                prompts = bb.prepare(samples, split[1])
+            prompts = bb.prepare(samples, split[1], lock=self.tokenizer_lock)
             bb.check_lengths(samples, (prompts.attention_mask.sum(1) + pre.length).tolist())
             prompts.prefix = pre
             return prompts
-        with self.tokenizer_lock:
-            return bb.prepare(samples, texts)
+        return bb.prepare(samples, texts, lock=self.tokenizer_lock)  # media decoded outside the lock
 
     # ---- encoding -----------------------------------------------------------------------------
     @torch.no_grad()

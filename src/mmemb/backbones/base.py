@@ -14,6 +14,7 @@ mask (never from the padded index), so an input embedded alone and inside a batc
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,8 +84,12 @@ class Backbone(nn.Module):
         """Placeholder text for the sample's media, put before the instruction in the user turn."""
         raise NotImplementedError
 
-    def prepare(self, samples: list[Sample], texts: list[str]) -> Prompts:
-        """Tokenise `texts` (one rendered prompt per sample), decode media, left-pad."""
+    def prepare(
+        self, samples: list[Sample], texts: list[str], lock: AbstractContextManager | None = None
+    ) -> Prompts:
+        """Tokenise `texts` (one rendered prompt per sample), decode media, left-pad. Only the tokenizer call
+        holds `lock` (the tokenizer is not thread-safe): media are decoded outside it, so a page-heavy item
+        never holds up another thread's prompts."""
         raise NotImplementedError
 
     def forward_hidden(

@@ -10,6 +10,7 @@ symmetric k//2 padding on real photos (lower NLL, higher top-1), as expected for
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -115,18 +116,23 @@ def load_efficientnet_lite0() -> EfficientNetLite0:
     return model
 
 
-def preprocess_images(images: list[Image.Image], size: int = 224) -> torch.Tensor:
-    """PIL images -> (B, 3, size, size) float tensor in [-1, 1]: shorter side to `size` (bicubic), centre crop."""
+def center_square(img: Image.Image, size: int = 224) -> Image.Image:
+    """Shorter side to `size` (bicubic), centre crop to size x size. The resized copy is at most
+    (MAX_ASPECT * size) x size pixels (media.py refuses longer strips): 30 MB at size 224."""
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def preprocess_images(images: Iterable[Image.Image], size: int = 224) -> torch.Tensor:
+    """PIL images -> (B, 3, size, size) float tensor in [-1, 1] (`center_square` each). Each image is reduced
+    as it comes, so an iterator of decoded pages holds one full-size page at a time."""
     out: list[np.ndarray] = []
     for img in images:
-        img = img.convert("RGB")
-        w, h = img.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-        out.append(np.asarray(img, dtype=np.float32))  # (size, size, 3) in [0, 255]
-    batch = np.stack(out) / 255.0  # (B, size, size, 3)
+        out.append(np.asarray(center_square(img.convert("RGB"), size), dtype=np.float32))  # (size, size, 3)
+    batch = np.stack(out) / 255.0  # (B, size, size, 3) in [0, 1]
     x = torch.from_numpy((batch - 0.5) / 0.5).float()
     return x.permute(0, 3, 1, 2).contiguous()  # (B, 3, size, size)

@@ -20,6 +20,7 @@ passed, so the model's hidden `rope_deltas` state is never used.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -140,7 +141,9 @@ class HFBackbone(Backbone):
             n = min(n, self.profile.max_images)
         return self.image_block * n
 
-    def prepare(self, samples: list[Sample], texts: list[str]) -> Prompts:
+    def prepare(
+        self, samples: list[Sample], texts: list[str], lock: AbstractContextManager | None = None
+    ) -> Prompts:
         f = self.family
         self.check_reserved(samples, [f["image_pad"], f["video_pad"], f["vision_start"], f["vision_end"]])
         images, videos = [], []  # videos: (sample, its frames)
@@ -179,7 +182,8 @@ class HFBackbone(Backbone):
             texts = [_expand(t, f["video_pad"], counts) for t in texts]
             extra["pixel_values_videos"] = torch.cat([p for p, _ in parts]).to(self.model.model.visual.dtype)
             extra["video_grid_thw"] = grid
-        enc = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+        with lock or nullcontext():  # media were decoded and processed outside it
+            enc = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
         ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, T)
         self.check_lengths(samples, mask.sum(1).tolist())
         mm_types = (ids == self.image_pad_id).long()  # (B, T): 1 on image tokens, 2 on video, 0 on text

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import BackboneConfig
-from ..media import sample_images
+from ..media import iter_images
 from ..types import InputError, Sample
 from .assets import smollm2_dir
 from .base import Backbone, Prompts
@@ -136,19 +137,23 @@ class NanoBackbone(Backbone):
         feats = feats.flatten(2).transpose(1, 2)  # (N, g*g, 1280)
         return self.projector(feats)  # (N, g*g, D)
 
-    def prepare(self, samples: list[Sample], texts: list[str]) -> Prompts:
+    def prepare(
+        self, samples: list[Sample], texts: list[str], lock: AbstractContextManager | None = None
+    ) -> Prompts:
         self.check_reserved(samples, [IMAGE_TOKEN])
-        images = []
-        for s in samples:
-            images += sample_images(
-                s, num_frames=self.config.num_frames, max_pixels=self.config.max_image_pixels
+        extra: dict[str, Any] = {}
+        if any(s.media() for s in samples):  # decoded and reduced to image_size one image at a time
+            c = self.config
+            images = (
+                im
+                for s in samples
+                for im in iter_images(s, num_frames=c.num_frames, max_pixels=c.max_image_pixels)
             )
-        enc = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+            extra["pixel_values"] = preprocess_images(images, c.image_size)
+        with lock or nullcontext():  # only the tokenizer: the media above were decoded outside it
+            enc = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
         ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, T)
         self.check_lengths(samples, mask.sum(1).tolist())
-        extra: dict[str, Any] = {}
-        if images:
-            extra["pixel_values"] = preprocess_images(images, self.config.image_size)
         return Prompts(ids, mask, self.text_positions(mask), extra)
 
     def forward_hidden(self, input_ids, attention_mask, position_ids, cache=None, extra=None, use_cache=True):
