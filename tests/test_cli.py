@@ -221,3 +221,37 @@ def test_eval_settings_resolve_defaults_file_flags_overrides(tmp_path):
         with pytest.raises(InputError, match=message):
             resolve(list(argv))
     assert isinstance(build_parser().parse_args(["eval"]), argparse.Namespace)
+
+
+def test_embed_refuses_unwritable_outputs_and_its_own_input_before_the_model_loads(
+    tmp_path, capsys, monkeypatch
+):
+    from mmemb.embedder import Embedder
+
+    monkeypatch.setattr(Embedder, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("model loaded")))
+    src = write_jsonl(tmp_path / "items.jsonl", [{"id": "a", "text": "a dog"}])
+    (tmp_path / "file").write_text("x")
+    src_npy = tmp_path / "in.npy"  # an input named like an output: the .ids.json sibling is not the input,
+    src_ids = write_jsonl(tmp_path / "in.ids.json", [{"id": "a", "text": "a dog"}])  # but this one is
+    for out, mode, says in (
+        (tmp_path / "file" / "v.npy", "disc", "is a file, not a folder"),
+        (tmp_path / "file" / "deeper" / "v.npy", "disc", "is a file, not a folder"),
+        ("/proc/mmemb/v.npy", "disc", "cannot write in /proc"),
+        ("/sys/v.npy", "disc", "cannot write in /sys"),
+        (tmp_path, "disc", "use a .npy file name"),
+        (tmp_path / "dir.npy", "disc", "is a folder"),
+        (src_npy, "disc", "would overwrite the input"),
+        (tmp_path / "items.npy", "gen", None),  # items.gen.jsonl is not items.jsonl: allowed
+    ):
+        if str(out).endswith("dir.npy"):
+            out.mkdir()
+        inp = src_ids if out == src_npy else src
+        argv = ["embed", "--input", str(inp), "--out", str(out), "--mode", mode, "--quiet"]
+        if says is None:
+            with pytest.raises(pytest.fail.Exception, match="model loaded"):  # passed the checks
+                main(argv)
+            continue
+        assert main(argv) == 2, out
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.npy", "file", "in.ids.json", "items.jsonl"]

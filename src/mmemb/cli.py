@@ -239,6 +239,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .embedder import Embedder, load_args
+    from .io import check_outputs
     from .items import read_items
 
     if args.out is None:
@@ -247,6 +248,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise InputError(f"--out {args.out}: use a .npy file name")
     if args.batch_size < 1:
         raise InputError("--batch-size must be >= 1")
+    out = args.out
+    outputs = [out, out.with_suffix(".ids.json")] + (
+        [out.with_suffix(".gen.jsonl")] if args.mode != "disc" else []
+    )
+    check_outputs(outputs, [args.input])  # before the model loads: a bad path costs nothing
     samples = read_items(args.input)  # validates every line before loading the model
     quiet_libraries()
     embedder = Embedder.from_pretrained(args.model, **load_args(args))
@@ -254,7 +260,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
         result = embedder.encode(samples, mode=args.mode, batch_size=args.batch_size, progress=not args.quiet)
     except InputError as e:
         raise InputError(f"{args.input}: {e}") from None
-    out = args.out
     files = {
         out: lambda f: np.save(f, result.vectors, allow_pickle=False),
         out.with_suffix(".ids.json"): lambda f: f.write(json.dumps([s.id for s in samples]).encode()),

@@ -82,6 +82,35 @@ def replace_dir(staged: Path, target: Path) -> Path:
     return target
 
 
+def check_outputs(outputs: list[Path], inputs: list[Path] = (), flag: str = "--out") -> None:
+    """Refuse, before any work, outputs that cannot be written (under a regular file, in a read-only or
+    virtual folder such as /proc) or that would overwrite an input. The nearest existing folder of each is
+    probed with a temporary file that leaves nothing behind."""
+    sources = {Path(i).resolve() for i in inputs}
+    probed: set[Path] = set()
+    for out in outputs:
+        out = Path(out)
+        if out.resolve() in sources:
+            raise InputError(f"{flag} {out}: it would overwrite the input {out}; write the outputs elsewhere")
+        if out.is_dir():
+            raise InputError(f"{flag} {out}: is a folder; give a file name")
+        folder = out.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if folder in probed:
+            continue
+        if not folder.is_dir():
+            raise InputError(f"{flag} {out}: {folder} is a file, not a folder; give another path")
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise InputError(
+                f"{flag} {out}: cannot write in {folder} ({e.strerror}); give another path"
+            ) from None
+        probed.add(folder)
+
+
 def read_jsonl(
     path: Path, error: type[Exception] = InputError, torn_tail: bool = False
 ) -> Iterator[tuple[str, dict]]:
