@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import socket
 import threading
 import time
@@ -511,7 +512,72 @@ def test_a_client_that_leaves_mid_body_is_499_not_an_error(tiny, caplog):
              "scheme": "http", "server": ("test", 80), "client": ("client", 1), "root_path": ""}  # fmt: skip
     with caplog.at_level("ERROR", logger="mmemb.serve"):
         asyncio.run(app(scope, receive, send))
-    assert sent[0]["status"] == 499 and not caplog.records
+    assert sent[0]["status"] == 499, sent and not caplog.records
     metrics = TestClient(app).get("/metrics").text
     assert 'status="499"} 1.0' in metrics and 'status="500"' not in metrics
     app.state.batcher.close()
+
+
+def test_generation_is_capped_by_the_server(tiny):
+    with make_client(tiny, max_new_tokens=3) as c:
+        r = c.post("/v1/embeddings", json={"input": "x", "mode": "think", "max_new_tokens": 1_000_000_000})
+        assert "max_new_tokens 1000000000 is over this server's cap of 3" in error_of(r, 400)
+        r = c.post("/v1/embeddings", json={"input": "x", "mode": "think"})  # the model's own 64, capped
+        assert r.status_code == 200 and r.json()["data"][0]["reasoning_tokens"] == 3
+
+
+def test_a_cancelled_job_stops_generating_and_the_others_go_on(tiny):
+    b = Batcher(tiny, max_batch=4, max_wait_s=0.001)
+    asked = {"n": 0}
+
+    def abandoned_after_five_steps():
+        asked["n"] += 1
+        return asked["n"] > 5
+
+    gone = Job([Sample(text="a long story")], "think", 400)
+    gone.is_cancelled = abandoned_after_five_steps
+    kept = Job([Sample(text="another one")], "think", 40)
+    b.submit(gone), b.submit(kept)
+    assert gone.future.result(timeout=60).gen_tokens[0] < 10  # stopped, not run to its 400 tokens
+    assert kept.future.result(timeout=60).gen_tokens[0] == 40  # random weights: every row runs to its cap
+    b.close()
+
+
+def test_a_client_that_leaves_while_its_generation_runs_cancels_it(tiny):
+    import asyncio
+
+    gated = Gated(tiny)
+    tokens = []
+    inner_stream = gated.stream
+
+    def recording_stream(pull, mode, **kw):
+        for k, emb in inner_stream(pull, mode, **kw):
+            tokens.append(emb.gen_tokens[0])
+            yield k, emb
+
+    gated.stream = recording_stream
+    app = create_app(gated, ServeSettings(model_name="tiny", max_new_tokens=100_000, disconnect_poll_s=0.01))
+    body = json.dumps({"input": "x", "mode": "think", "max_new_tokens": 100_000}).encode()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent = []
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        if gated.entered.is_set():  # the generation has started (and is held): the client hangs up now
+            return {"type": "http.disconnect"}
+        await asyncio.sleep(3600)  # nothing from the client yet (is_disconnected does not wait for it)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/embeddings", "raw_path": b"/v1/embeddings",
+             "query_string": b"", "headers": [(b"content-type", b"application/json")], "http_version": "1.1",
+             "scheme": "http", "server": ("test", 80), "client": ("client", 1), "root_path": ""}  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 499, sent
+    gated.open.set()  # the held generation goes on: its row sees the cancellation at its first token
+    with TestClient(app) as c:  # and the lane is free for the next request
+        r = c.post("/v1/embeddings", json={"input": "y", "mode": "think", "max_new_tokens": 2})
+        assert r.status_code == 200 and r.json()["data"][0]["reasoning_tokens"] == 2
+    assert tokens[0] == 0  # the abandoned row generated nothing (uncancelled, it runs to an end token: 56)

@@ -39,6 +39,7 @@ class Row:
     vector: torch.Tensor | None = None  # (D,) once finished
     found: bool = False  # <gen_emb> was fed
     seconds: float = 0.0
+    cancelled: Callable[[], bool] | None = None  # true once nobody waits for it: it stops at the next step
 
 
 @dataclass
@@ -205,6 +206,8 @@ def decode(
             tok = _guard(tok, running.rows, ids, stop_ids)
         cap = torch.tensor([r.cap for r in running.rows], device=dev)
         stop = torch.isin(tok, stop_ids.to(dev)) | (n_out >= cap)  # (B,): end here, without <gen_emb>
+        if any(r.cancelled is not None for r in running.rows):  # a request that went away ends its rows
+            stop |= torch.tensor([bool(r.cancelled and r.cancelled()) for r in running.rows], device=dev)
         if bool(stop.any()):
             share = (time.perf_counter() - t0) / B
             for b in torch.nonzero(stop).flatten().tolist():

@@ -408,13 +408,15 @@ class Embedder:
     @torch.no_grad()  # generator-aware: no-grad only while the stream runs, not between its yields
     def stream(
         self,
-        pull: Callable[[int], list[tuple[Sample, int | None]]],
+        pull: Callable[[int], list[tuple]],
         mode: str,
         batch_size: int = 8,
         temperature: float | None = None,
     ) -> Iterator[tuple[int, Embeddings]]:
         """Continuous batching for the generating modes (decode.py): whenever slots are free, `pull(n)` gives
-        up to n more (sample, max_new_tokens or None) to embed ([] when there are none now); at most
+        up to n more (sample, max_new_tokens or None[, cancelled]) to embed ([] when there are none now; the
+        optional `cancelled()` turns true when nobody waits for that input: its row stops at the next token, and
+        what it yields is to be dropped); at most
         `batch_size` rows decode at once, and a row leaves the batch as it ends. Yields (k, its one-row
         Embeddings) as rows finish, k numbering the pulled inputs from 0. `encode` pulls from its inputs; the
         server's generating lane pulls from its queue, so requests join a decode that is running.
@@ -440,12 +442,17 @@ class Embedder:
 
         def more(n: int) -> list[Row]:
             new = []
-            for sample, limit in pull(n):
+            for sample, limit, *cancelled in pull(n):  # cancelled: an optional callable, true once abandoned
                 check = as_samples([sample])[0]
                 samples.append(check)
                 limits.append(limit)
                 cap = g.max_new_tokens if limit is None else limit
-                new.append(Row(len(samples) - 1, cap, think if mode == "think" else None, guard=guard_think))
+                first = think if mode == "think" else None
+                new.append(
+                    Row(
+                        len(samples) - 1, cap, first, guard=guard_think, cancelled=next(iter(cancelled), None)
+                    )
+                )
             return new
 
         def prepare(indices: list[int]) -> Prompts:

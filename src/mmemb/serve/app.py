@@ -61,6 +61,8 @@ class ServeSettings:
     max_body_bytes: int = 32 * 2**20
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
+    max_new_tokens: int = 1024  # the most tokens any request may generate per item (its own cap, or the model's)
+    disconnect_poll_s: float = 0.25  # how often a waiting request checks that its client is still there
 
 
 class Metrics:
@@ -128,6 +130,33 @@ def parse_json(raw: bytes) -> object:
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         why = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
         raise RequestError(400, f"the body is not valid JSON ({why})") from None
+
+
+def capped(asked: int | None, mode: str, embedder, settings: ServeSettings) -> int | None:
+    """The request's token cap, checked against the server's: asking for more is a 400; asking for nothing
+    gets the model's own budget, or the server's cap where that is lower."""
+    cap = settings.max_new_tokens
+    if asked is not None:
+        if asked > cap:
+            raise RequestError(400, f"max_new_tokens {asked} is over this server's cap of {cap}")
+        return asked
+    if mode == "disc" or mode == "nothink":
+        return None
+    own = max([embedder.config.generation.max_new_tokens, *embedder.config.policy.budgets])
+    return None if own <= cap else cap
+
+
+async def answer_or_cancel(request: Request, job: Job, poll_s: float):
+    """The job's Embeddings; if the client goes away first, the job is cancelled (dropped from its queue,
+    or its rows stop at their next token) and ClientDisconnect is raised: nobody generates for no one."""
+    waiting = asyncio.wrap_future(job.future)
+    while True:
+        done, _ = await asyncio.wait({waiting}, timeout=poll_s)
+        if done:
+            return waiting.result()
+        if await request.is_disconnected():
+            job.cancel()
+            raise ClientDisconnect
 
 
 def embeddings_body(req, emb, model_name: str, prompt_tokens: int, metrics: Metrics) -> dict:
@@ -210,9 +239,9 @@ def create_app(embedder, settings: ServeSettings):
                 if len(req.samples) > settings.max_queue:  # would wait for a queue that can never hold it
                     raise RequestError(413, f"{len(req.samples)} inputs in one request; this server queues at "
                                        f"most {settings.max_queue}: split the request", "too_large")  # fmt: skip
-                emb = await asyncio.wrap_future(
-                    batcher.submit(Job(req.samples, req.mode, req.max_new_tokens))
-                )
+                job = Job(req.samples, req.mode, capped(req.max_new_tokens, req.mode, embedder, settings))
+                batcher.submit(job)
+                emb = await answer_or_cancel(request, job, settings.disconnect_poll_s)
             prompt_tokens = await run_in_threadpool(count_tokens, embedder, req.samples)
             status = 200
         except RequestError as e:

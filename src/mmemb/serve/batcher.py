@@ -50,6 +50,14 @@ class Job:
     max_new_tokens: int | None = None
     future: Future = field(default_factory=Future)  # -> Embeddings, rows in `samples` order
     arrived: float = field(default_factory=time.monotonic)
+    cancelled: bool = False  # its request went away: dropped if queued, its rows stop if decoding
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.future.cancel()  # a queued job: dropped when its lane reaches it
+
+    def is_cancelled(self) -> bool:
+        return self.cancelled
 
     @property
     def key(self) -> tuple:  # jobs with the same key can share one encode call
@@ -184,7 +192,7 @@ class Lane:
             while rows and len(out) < n:
                 j, i = rows.popleft()
                 owner.append((j, i))
-                out.append((j.samples[i], j.max_new_tokens))
+                out.append((j.samples[i], j.max_new_tokens, j.is_cancelled))
             return out
 
         try:
