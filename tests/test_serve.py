@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -581,3 +586,115 @@ def test_a_client_that_leaves_while_its_generation_runs_cancels_it(tiny):
         r = c.post("/v1/embeddings", json={"input": "y", "mode": "think", "max_new_tokens": 2})
         assert r.status_code == 200 and r.json()["data"][0]["reasoning_tokens"] == 2
     assert tokens[0] == 0  # the abandoned row generated nothing (uncancelled, it runs to an end token: 56)
+
+
+def test_close_with_cancel_ends_a_held_generation_and_a_queued_job(tiny):
+    from mmemb.serve.batcher import Cancelled
+
+    gated = Gated(tiny)
+    b = Batcher(gated, max_batch=1, max_wait_s=0.001)
+    running = b.submit(Job([Sample(text="a")], "think", 10_000))
+    gated.started()
+    queued = b.submit(Job([Sample(text="b")], "think", 10_000))
+    closer = threading.Thread(target=b.close, args=(True, 30))
+    closer.start()
+    gated.open.set()
+    closer.join(timeout=30)
+    assert not closer.is_alive()
+    with pytest.raises(Cancelled):
+        running.result(timeout=1)  # never a cut-short vector
+    assert queued.cancelled()
+
+
+def test_media_folders_of_dead_servers_are_removed_at_startup(tiny, tmp_path):
+    import tempfile
+
+    from mmemb.serve.app import remove_stale_media_folders
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = Path(tempfile.gettempdir()) / f"mmemb-serve-{int(dead.stdout)}-abc"
+    (stale / "req").mkdir(parents=True)
+    alive = Path(tempfile.mkdtemp(prefix=f"mmemb-serve-{os.getpid()}-"))
+    remove_stale_media_folders()
+    assert not stale.exists() and alive.exists()  # ours (alive) is kept
+    alive.rmdir()
+    with make_client(tiny) as c:  # a running server keeps its media under one folder, gone when it stops
+        mine = list(Path(tempfile.gettempdir()).glob(f"mmemb-serve-{os.getpid()}-*"))
+        assert len(mine) == 1 and c.get("/health").json()["running"] == {"fast": 0, "slow": 0}
+    assert not mine[0].exists()
+
+
+def never_ending_tiny(path: Path) -> Path:
+    """A tiny Qwen2-VL whose output head is all zeros: greedy decoding always picks token 0, never an end
+    token, so a generation runs to its cap (a long one, on demand)."""
+    from safetensors.torch import load_file, save_file
+
+    folder = build_tiny_hf("qwen2_vl", path)
+    weights = next(folder.glob("*.safetensors"))
+    state = load_file(str(weights))
+    state["lm_head.weight"].zero_()
+    save_file(state, str(weights), metadata={"format": "pt"})
+    return folder
+
+
+def test_sigterm_during_a_long_generation_exits_within_10_s_and_leaves_no_temp_files(tmp_path):
+    import tempfile
+    import urllib.request
+
+    model = never_ending_tiny(tmp_path / "m")
+    port = free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mmemb.cli", "serve", "--model", str(model), "--port", str(port),
+         "--max-new-tokens", "1000000"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        health = wait_for_health(url, server)
+        body = json.dumps({"input": "x", "mode": "think", "max_new_tokens": 1_000_000}).encode()
+        request = urllib.request.Request(f"{url}/v1/embeddings", body, {"Content-Type": "application/json"})
+        client = threading.Thread(
+            target=lambda: _quietly(lambda: urllib.request.urlopen(request, timeout=120))
+        )
+        client.start()
+        while health["running"]["slow"] == 0:  # the generation has started
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            health = json.loads(urllib.request.urlopen(f"{url}/health", timeout=5).read())
+        t0 = time.perf_counter()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        assert time.perf_counter() - t0 < 10
+        assert not list(Path(tempfile.gettempdir()).glob(f"mmemb-serve-{server.pid}-*"))
+    finally:
+        if server.poll() is None:
+            server.kill()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_health(url: str, server: subprocess.Popen, timeout: float = 120) -> dict:
+    """/health once the server answers it (polled: a process starting up has no event to wait on)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, server.stderr.read().decode()[-2000:]
+        try:
+            return json.loads(urllib.request.urlopen(f"{url}/health", timeout=5).read())
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.2)
+    raise AssertionError("the server did not start")
+
+
+def _quietly(call) -> None:
+    try:
+        call()
+    except Exception:  # noqa: BLE001 - the client of a server being stopped: any ending is fine here
+        pass

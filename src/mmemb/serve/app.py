@@ -21,7 +21,9 @@ import base64
 import hmac
 import json
 import logging
+import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -44,7 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..types import MODES, InputError
-from .batcher import Batcher, Job, QueueFull
+from .batcher import Batcher, Cancelled, Job, QueueFull
 from .inputs import Limits, RequestError, parse_request
 
 log = logging.getLogger("mmemb.serve")
@@ -61,7 +63,9 @@ class ServeSettings:
     max_body_bytes: int = 32 * 2**20
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
-    max_new_tokens: int = 1024  # the most tokens any request may generate per item (its own cap, or the model's)
+    max_new_tokens: int = (
+        1024  # the most tokens any request may generate per item (its own cap, or the model's)
+    )
     disconnect_poll_s: float = 0.25  # how often a waiting request checks that its client is still there
 
 
@@ -150,13 +154,20 @@ async def answer_or_cancel(request: Request, job: Job, poll_s: float):
     """The job's Embeddings; if the client goes away first, the job is cancelled (dropped from its queue,
     or its rows stop at their next token) and ClientDisconnect is raised: nobody generates for no one."""
     waiting = asyncio.wrap_future(job.future)
-    while True:
-        done, _ = await asyncio.wait({waiting}, timeout=poll_s)
-        if done:
-            return waiting.result()
-        if await request.is_disconnected():
-            job.cancel()
-            raise ClientDisconnect
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=poll_s)
+            if done:
+                break
+            if await request.is_disconnected():
+                job.cancel()
+                raise ClientDisconnect
+    except asyncio.CancelledError:  # the server cancels its handlers at shutdown: the job goes with them
+        job.cancel()
+        raise
+    if waiting.cancelled():
+        raise Cancelled("cancelled before it ran: the server is shutting down")
+    return waiting.result()
 
 
 def embeddings_body(req, emb, model_name: str, prompt_tokens: int, metrics: Metrics) -> dict:
@@ -204,10 +215,15 @@ def create_app(embedder, settings: ServeSettings):
         m.queue.labels(name).set_function(lambda lane=lane: lane.queued)
     dim = embedder.backbone.input_embeddings().weight.shape[1]
 
+    media: dict[str, Path] = {}  # "root": the folder of every request's media while the server runs
+
     @asynccontextmanager
     async def lifespan(_app):
+        remove_stale_media_folders()
+        media["root"] = Path(tempfile.mkdtemp(prefix=f"mmemb-serve-{os.getpid()}-"))
         yield
-        await run_in_threadpool(batcher.close)
+        await run_in_threadpool(batcher.close, True, SHUTDOWN_S)  # queued and running jobs cancelled
+        shutil.rmtree(media.pop("root"), ignore_errors=True)
 
     # no /docs, /redoc or /openapi.json: the API is the README's, and nothing answers without the key
     app = FastAPI(title="mmemb", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -232,7 +248,7 @@ def create_app(embedder, settings: ServeSettings):
             if model not in (None, settings.model_name):
                 raise RequestError(404, f"model {model!r} is not served here; this server serves "
                                    f"{settings.model_name!r}", "model_not_found")  # fmt: skip
-            with tempfile.TemporaryDirectory(prefix="mmemb-serve-") as tmp:
+            with tempfile.TemporaryDirectory(prefix="mmemb-serve-request-", dir=media.get("root")) as tmp:
                 req = await run_in_threadpool(
                     parse_request, body, settings.mode, settings.limits, Path(tmp), dim
                 )
@@ -253,6 +269,11 @@ def create_app(embedder, settings: ServeSettings):
         except QueueFull as e:
             status = 429
             return error_response(429, str(e), "queue_full", {"Retry-After": str(e.retry_after)})
+        except Cancelled:  # the server is shutting down (a client that left is not answered at all)
+            status = 503
+            return error_response(
+                503, "the server is shutting down; retry", "shutting_down", {"Retry-After": "5"}
+            )
         except InputError as e:  # found by the model's own checks (e.g. a prompt over the context)
             status = 400
             return error_response(400, re.sub(r"item '(\d+)'", r"input[\1]", str(e)), "invalid_input")
@@ -277,7 +298,8 @@ def create_app(embedder, settings: ServeSettings):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": settings.model_name, "dim": dim, "queued": batcher.queued()}
+        return {"status": "ok", "model": settings.model_name, "dim": dim, "queued": batcher.queued(),
+                "running": batcher.running()}  # fmt: skip
 
     @app.get("/metrics")
     async def metrics(request: Request):
@@ -299,6 +321,28 @@ def count_tokens(embedder, samples) -> int:
         )
 
 
+SHUTDOWN_S = 3  # at SIGTERM: seconds for requests in flight to finish, then again for the lanes to stop
+
+
+def remove_stale_media_folders() -> None:
+    """Media folders of servers that died without cleaning up (SIGKILL): /tmp/mmemb-serve-<pid>-* whose
+    process is gone."""
+    for folder in Path(tempfile.gettempdir()).glob("mmemb-serve-*-*"):
+        pid = folder.name.split("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def serve(embedder, settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
@@ -307,4 +351,5 @@ def serve(embedder, settings: ServeSettings, host: str = "127.0.0.1", port: int 
             f"mmemb serve: warning: listening on {host} without an API key (set MMEMB_API_KEY)",
             file=sys.stderr,
         )
-    uvicorn.run(create_app(embedder, settings), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(embedder, settings), host=host, port=port, log_level="warning",
+                timeout_graceful_shutdown=SHUTDOWN_S)  # fmt: skip

@@ -35,6 +35,10 @@ from ..types import Embeddings, Sample
 FAST_MODES = ("disc", "nothink")  # one forward pass, no generation
 
 
+class Cancelled(Exception):
+    """The job was cancelled before it was answered: its client left, or the server is shutting down."""
+
+
 class QueueFull(Exception):
     """The lane's queue holds `max_queue` items already. `retry_after` is a whole number of seconds."""
 
@@ -72,6 +76,7 @@ class Lane:
         self.jobs: deque[Job] = deque()
         self.queued = 0  # items in self.jobs
         self.busy = 0  # items being encoded now
+        self.running: list[Job] = []  # the jobs being encoded now
         self.started = 0.0  # when the running batch started
         self.item_seconds = 0.05  # running mean of seconds per item; Retry-After = this x items ahead
         self.cond = threading.Condition()
@@ -92,11 +97,16 @@ class Lane:
             self.cond.notify()
         return job.future
 
-    def close(self) -> None:
+    def close(self, cancel: bool = False, timeout: float = 60) -> None:
+        """Stop taking jobs; with `cancel`, cancel every queued and running one (a decoding row stops at its
+        next token) instead of finishing them. Waits up to `timeout` seconds for the lane's thread."""
         with self.cond:
             self.closed = True
+            if cancel:
+                for j in [*self.jobs, *self.running]:
+                    j.cancel()
             self.cond.notify_all()
-        self.thread.join(timeout=60)
+        self.thread.join(timeout=timeout)
 
     def _take(self) -> list[Job] | None:
         """Under the lock: wait for a batch (module docstring) and remove its jobs from the queue."""
@@ -122,6 +132,7 @@ class Lane:
         # a job whose request went away (client disconnected) is dropped; the others can no longer be cancelled
         batch = [j for j in batch if j.future.set_running_or_notify_cancel()]
         self.busy, self.started = sum(len(j.samples) for j in batch), time.monotonic()
+        self.running = list(batch)
         return batch
 
     def _loop(self) -> None:
@@ -136,7 +147,7 @@ class Lane:
             n = self._stream(batch) if batch[0].mode not in FAST_MODES else self._run(batch)
             seconds = time.perf_counter() - t0
             with self.cond:
-                self.busy = 0
+                self.busy, self.running = 0, []
                 self.item_seconds = 0.8 * self.item_seconds + 0.2 * seconds / max(1, n)
             if self.on_batch:
                 self.on_batch(self.name, n, seconds)
@@ -157,7 +168,7 @@ class Lane:
         for j in batch:
             rows = slice(start, start + len(j.samples))
             start += len(j.samples)
-            j.future.set_result(take_rows(emb, rows))
+            answer(j, lambda j=j, rows=rows: take_rows(emb, rows))
         return len(samples)
 
     def _more(self, mode: str) -> list[Job]:
@@ -171,6 +182,7 @@ class Lane:
             self.queued -= n
             taken = [j for j in taken if j.future.set_running_or_notify_cancel()]  # drop abandoned requests
             self.busy += sum(len(j.samples) for j in taken)
+            self.running += taken
             return taken
 
     def _stream(self, batch: list[Job]) -> int:
@@ -201,12 +213,21 @@ class Lane:
                 got = done.setdefault(id(j), [None] * len(j.samples))
                 got[i] = emb
                 if all(x is not None for x in got):
-                    j.future.set_result(concat_rows(got, mode))
+                    answer(j, lambda j=j, got=got: concat_rows(got, mode))
                     del open_jobs[id(j)]
         except Exception:  # noqa: BLE001 - rerun the unanswered jobs alone, so only the bad one fails
             for j in open_jobs.values():
                 self._run([j])
         return len(owner)
+
+
+def answer(job: Job, rows: Callable[[], Embeddings]) -> None:
+    """Hand a job its rows, or Cancelled when it was cancelled while it ran (its rows may have been cut
+    short: a cancelled job never gets a partial answer)."""
+    if job.cancelled:
+        job.future.set_exception(Cancelled("cancelled: its client left, or the server is shutting down"))
+    else:
+        job.future.set_result(rows())
 
 
 def take_rows(emb: Embeddings, rows: slice) -> Embeddings:
@@ -240,6 +261,9 @@ class Batcher:
     def queued(self) -> dict[str, int]:
         return {n: lane.queued for n, lane in self.lanes.items()}
 
-    def close(self) -> None:
+    def running(self) -> dict[str, int]:
+        return {n: lane.busy for n, lane in self.lanes.items()}
+
+    def close(self, cancel: bool = False, timeout: float = 60) -> None:
         for lane in self.lanes.values():
-            lane.close()
+            lane.close(cancel, timeout)
