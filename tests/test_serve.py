@@ -700,3 +700,45 @@ def _quietly(call) -> None:
         call()
     except Exception:  # noqa: BLE001 - the client of a server being stopped: any ending is fine here
         pass
+
+
+def test_stalled_connections_are_closed_and_a_stalled_body_is_408(tiny):
+    """200 connections that never finish their request head, and one that stops mid-body: with a 1 s read
+    timeout the server closes the first and answers the second 408, and goes on serving."""
+    import uvicorn
+
+    from mmemb.serve.app import timed_protocol
+
+    port = free_port()
+    app = create_app(tiny, ServeSettings(model_name="tiny", read_timeout_s=1.0, api_key="k"))
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http=timed_protocol(1.0))
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not srv.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stalled = []
+        for _ in range(200):  # unauthenticated, the head cut short
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n")
+            stalled.append(s)
+        body = socket.create_connection(("127.0.0.1", port))
+        body.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"input\": ")  # fmt: skip
+        for s in stalled:
+            s.settimeout(10)
+            assert s.recv(1024) == b""  # closed by the server
+            s.close()
+        body.settimeout(10)
+        assert b" 408 " in body.recv(4096).split(b"\r\n")[0]
+        body.close()
+        import httpx
+
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"input": "x"},
+                       headers={"Authorization": "Bearer k"}, timeout=30)  # fmt: skip
+        assert r.status_code == 200
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=30)

@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-image-pixels", type=int, default=4_000_000, help="per decoded image (400 above)")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="the most tokens a request may generate per "
                    "item (400 above); a request that names none gets the model's budget, or this where lower")  # fmt: skip
+    p.add_argument("--read-timeout", type=float, default=30.0, help="seconds a client has to send its request "
+                   "head, and again its body (a stalled connection is closed, a stalled body is a 408)")  # fmt: skip
     p.add_argument("--allow-path-root", type=Path,
                    help="allow file:// media under this folder (refused by default)")  # fmt: skip
     return parser
@@ -427,7 +429,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ) from None
     from .embedder import Embedder, load_args
 
-    for flag in ("port", "max_batch", "max_queue", "max_items", "max_image_pixels", "max_new_tokens"):
+    for flag in (
+        "port",
+        "max_batch",
+        "max_queue",
+        "max_items",
+        "max_image_pixels",
+        "max_new_tokens",
+        "read_timeout",
+    ):
         if getattr(args, flag) < (0 if flag == "port" else 1):
             raise InputError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be positive")
     root = args.allow_path_root
@@ -438,6 +448,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model_name=args.model, mode=args.mode, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue, lanes=args.lanes, max_body_bytes=int(args.max_body_mb * 2**20),
         api_key=os.environ.get("MMEMB_API_KEY") or None, max_new_tokens=args.max_new_tokens,
+        read_timeout_s=args.read_timeout,
         limits=Limits(max_items=args.max_items, max_image_pixels=args.max_image_pixels, allow_path_root=root),
     )  # fmt: skip
     embedder = Embedder.from_pretrained(args.model, **load_args(args))

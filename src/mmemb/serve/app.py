@@ -67,6 +67,7 @@ class ServeSettings:
         1024  # the most tokens any request may generate per item (its own cap, or the model's)
     )
     disconnect_poll_s: float = 0.25  # how often a waiting request checks that its client is still there
+    read_timeout_s: float = 30.0  # a client has this long to send its headers, and again its body
 
 
 class Metrics:
@@ -110,19 +111,24 @@ def authorized(settings: ServeSettings, request: Request) -> bool:
     return hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode())
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused (413) as soon as it is known to pass `limit` bytes, with or without Content-Length."""
+async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
+    """The body, refused (413) as soon as it is known to pass `limit` bytes, with or without Content-Length,
+    and (408) when it has not all arrived within `timeout_s` seconds: a stalled client holds nothing long."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestError(
             413, f"the body is {int(declared):,} bytes, over the limit of {limit:,} bytes", "too_large"
         )
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"the body is over the limit of {limit:,} bytes", "too_large")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestError(413, f"the body is over the limit of {limit:,} bytes", "too_large")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestError(408, f"the body did not arrive within {timeout_s:g} s", "timeout") from None
     return b"".join(chunks)
 
 
@@ -241,7 +247,7 @@ def create_app(embedder, settings: ServeSettings):
             if not authorized(settings, request):
                 status = 401
                 return unauthorized()
-            body = parse_json(await read_body(request, settings.max_body_bytes))
+            body = parse_json(await read_body(request, settings.max_body_bytes, settings.read_timeout_s))
             mode = body.get("mode", settings.mode) if isinstance(body, dict) else mode
             mode = mode if mode in MODES else "invalid"  # a metrics label: never the user's free text
             model = body.get("model") if isinstance(body, dict) else None
@@ -321,6 +327,47 @@ def count_tokens(embedder, samples) -> int:
         )
 
 
+def timed_protocol(header_timeout_s: float):
+    """uvicorn's h11 protocol with a deadline on the request headers (uvicorn has none): a connection that
+    has not sent a whole request head within `header_timeout_s` of connecting, or of its last answer, is
+    closed, so stalled connections (authenticated or not) cannot pile up."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        header_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._arm() if self._waiting_for_head() else self._disarm()
+
+        def connection_lost(self, exc):
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _waiting_for_head(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm(self) -> None:
+            if self.header_timer is None:
+                self.header_timer = self.loop.call_later(header_timeout_s, self._expire)
+
+        def _disarm(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def _expire(self) -> None:
+            self.header_timer = None
+            if self._waiting_for_head() and not self.transport.is_closing():
+                self.transport.close()
+
+    return TimedH11Protocol
+
+
 SHUTDOWN_S = 3  # at SIGTERM: seconds for requests in flight to finish, then again for the lanes to stop
 
 
@@ -352,4 +399,4 @@ def serve(embedder, settings: ServeSettings, host: str = "127.0.0.1", port: int 
             file=sys.stderr,
         )
     uvicorn.run(create_app(embedder, settings), host=host, port=port, log_level="warning",
-                timeout_graceful_shutdown=SHUTDOWN_S)  # fmt: skip
+                timeout_graceful_shutdown=SHUTDOWN_S, http=timed_protocol(settings.read_timeout_s))  # fmt: skip
