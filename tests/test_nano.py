@@ -201,3 +201,22 @@ def test_every_mode_returns_every_per_row_field_complete(nano, mode):
                    gen_emb_found=out.gen_emb_found, seconds=out.seconds)  # fmt: skip
     with pytest.raises(ValueError, match="seconds has 2 entries for 3 rows"):
         Embeddings(out.vectors, "disc", seconds=[0.0, 0.0])
+
+
+def test_uint8_pixels_normalised_per_chunk_equal_the_float_batch(nano_dt, images):
+    """prepare keeps a batch's images as uint8 (a quarter of the memory); the encoder normalises each chunk:
+    the same visual tokens, bit for bit, as the float32 batch normalised up front."""
+    from PIL import Image
+
+    from mmemb.backbones.efficientnet import image_pixels, preprocess_images
+
+    bb = nano_dt.backbone
+    pics = [Image.open(p) for p in images] * 3  # 12 images: several chunks
+    pixels = image_pixels(pics)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (12, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            bb.encode_images(pixels), bb.encode_images(preprocess_images(pics)), rtol=0, atol=0
+        )
+    prompts = bb.prepare([Sample(pages=tuple(images))], [nano_dt.prompt(Sample(pages=tuple(images)))])
+    assert prompts.extra["pixel_values"].dtype == torch.uint8

@@ -127,12 +127,19 @@ def center_square(img: Image.Image, size: int = 224) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def image_pixels(images: Iterable[Image.Image], size: int = 224) -> torch.Tensor:
+    """PIL images -> (B, 3, size, size) uint8 (`center_square` each; 0..255). Each image is reduced as it
+    comes, so an iterator of decoded pages holds one full-size page at a time, and a batch of pages costs
+    size x size x 3 bytes each (a quarter of the float32 input they become, a chunk at a time)."""
+    out = [np.asarray(center_square(img.convert("RGB"), size), dtype=np.uint8) for img in images]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()  # (B, 3, size, size)
+
+
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (..., 0..255) -> float32 in [-1, 1], the encoder's input."""
+    return (pixels.float() / 255.0 - 0.5) / 0.5
+
+
 def preprocess_images(images: Iterable[Image.Image], size: int = 224) -> torch.Tensor:
-    """PIL images -> (B, 3, size, size) float tensor in [-1, 1] (`center_square` each). Each image is reduced
-    as it comes, so an iterator of decoded pages holds one full-size page at a time."""
-    out: list[np.ndarray] = []
-    for img in images:
-        out.append(np.asarray(center_square(img.convert("RGB"), size), dtype=np.float32))  # (size, size, 3)
-    batch = np.stack(out) / 255.0  # (B, size, size, 3) in [0, 1]
-    x = torch.from_numpy((batch - 0.5) / 0.5).float()
-    return x.permute(0, 3, 1, 2).contiguous()  # (B, 3, size, size)
+    """PIL images -> (B, 3, size, size) float tensor in [-1, 1]: `image_pixels`, normalised."""
+    return normalize_pixels(image_pixels(images, size))

@@ -25,7 +25,7 @@ from ..media import iter_images
 from ..types import InputError, Sample
 from .assets import smollm2_dir
 from .base import Backbone, Prompts
-from .efficientnet import load_efficientnet_lite0, preprocess_images
+from .efficientnet import image_pixels, load_efficientnet_lite0, normalize_pixels
 
 IMAGE_TOKEN = "<|image|>"
 WEIGHTS = "nano.safetensors"
@@ -122,17 +122,21 @@ class NanoBackbone(Backbone):
         return (IMAGE_TOKEN * self.config.visual_tokens + "\n") * self.num_images(sample)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) normalised images -> (N, g*g, D) visual tokens.
+        """(N, 3, S, S) images -> (N, g*g, D) visual tokens. uint8 pixels (what `prepare` gives) are normalised
+        here a chunk at a time; float input is taken as normalised already.
 
         The frozen encoder runs VISION_CHUNK images at a time: on CPU, activations of a few images stay in
         cache, and 128 frames in small chunks take a third of the time of one big batch (same numbers:
         tests/test_nano.py::test_chunked_vision_equals_one_batch)."""
         stem = self.vision._conv_stem.weight  # the frozen tower's dtype: float32, or bf16 once cast
-        x = pixel_values.to(stem.device, stem.dtype).contiguous(memory_format=torch.channels_last)
+
+        def chunk(i: int) -> torch.Tensor:  # (c, 3, S, S) in the tower's dtype and layout
+            x = pixel_values[i : i + VISION_CHUNK]
+            x = normalize_pixels(x) if x.dtype == torch.uint8 else x
+            return x.to(stem.device, stem.dtype).contiguous(memory_format=torch.channels_last)
+
         with torch.no_grad():
-            maps = [
-                self.vision.forward_features(x[i : i + VISION_CHUNK]) for i in range(0, len(x), VISION_CHUNK)
-            ]
+            maps = [self.vision.forward_features(chunk(i)) for i in range(0, len(pixel_values), VISION_CHUNK)]
             feats = self.pool(torch.cat(maps))  # (N, 1280, g, g)
         feats = feats.flatten(2).transpose(1, 2)  # (N, g*g, 1280)
         return self.projector(feats)  # (N, g*g, D)
@@ -149,7 +153,7 @@ class NanoBackbone(Backbone):
                 for s in samples
                 for im in iter_images(s, num_frames=c.num_frames, max_pixels=c.max_image_pixels)
             )
-            extra["pixel_values"] = preprocess_images(images, c.image_size)
+            extra["pixel_values"] = image_pixels(images, c.image_size)  # uint8
         with lock or nullcontext():  # only the tokenizer: the media above were decoded outside it
             enc = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
         ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, T)
