@@ -742,3 +742,78 @@ def test_stalled_connections_are_closed_and_a_stalled_body_is_408(tiny):
     finally:
         srv.should_exit = True
         thread.join(timeout=30)
+
+
+FUZZ_STRINGS = ["", "x", "a red car", "data:image/png;base64,AAAA", "data:image/png;base64,!!", "file:///etc/passwd",
+                "file:///tmp/a\x00b.png", "\ud800", "a \udfff b", "\x00", "think", "disc", "é" * 50,
+                "http://example.com/a.png", "iVBORw0KGgo=", "<|image_pad|>", "<disc_emb>"]  # fmt: skip
+
+
+def pick(rng, options: list):
+    return options[rng.randint(len(options))]
+
+
+def _fuzz_value(rng, depth: int = 0):
+    """A random JSON value, biased to the request's own fields and kinds of trouble."""
+    kinds = ["str", "int", "float", "bool", "null", "list", "dict", "item", "edge"]
+    kind = kinds[rng.randint(len(kinds) if depth < 4 else 5)]
+    if kind == "str":
+        return pick(rng, FUZZ_STRINGS)
+    if kind == "int":
+        return int(pick(rng, [0, -1, 1, 2, 7, 10**6, -(10**18), 2**63]))
+    if kind == "float":
+        return float(pick(rng, [0.5, -1e308, 1e308, 3.25]))
+    if kind == "bool":
+        return bool(rng.randint(2))
+    if kind == "null":
+        return None
+    if kind == "list":
+        return [_fuzz_value(rng, depth + 1) for _ in range(rng.randint(4))]
+    if kind == "dict":
+        keys = ["text", "image", "frames", "pages", "instruction", "input", "mode", "zzz", "\ud800"]
+        return {pick(rng, keys): _fuzz_value(rng, depth + 1) for _ in range(rng.randint(4))}
+    if kind == "item":
+        return {"text": pick(rng, ["a dog", "", "x" * 30]), pick(rng, ["image", "pages", "instruction"]):
+                _fuzz_value(rng, depth + 1)}  # fmt: skip
+    return pick(rng, [[[[[]]]], {"": {}}, "A" * 3000, [1] * 300])
+
+
+def _fuzz_body(rng) -> bytes:
+    fields = ["input", "mode", "encoding_format", "dimensions", "return_text", "user", "max_new_tokens"]
+    body = {f: _fuzz_value(rng) for f in fields if rng.rand() < 0.4}
+    if rng.rand() < 0.1:
+        body["model"] = _fuzz_value(rng)
+    if rng.rand() < 0.8:
+        text = pick(rng, FUZZ_STRINGS)
+        body["input"] = pick(rng, ["a cat", ["a", "b"], [{"text": "x"}], _fuzz_value(rng), text, [text, "ok"],
+                                   [{"text": "ok", "instruction": text}], [{"image": text}], [{"pages": [text]}]])  # fmt: skip
+    if rng.rand() < 0.5:
+        body["mode"] = pick(rng, ["disc", "nothink", "think", "gen", "adaptive"])
+        body["max_new_tokens"] = 2
+    raw = json.dumps(body).encode()
+    if rng.rand() < 0.2:  # break the bytes: truncate, flip, or splice in garbage
+        i = rng.randint(max(1, len(raw)))
+        raw = pick(
+            rng,
+            [raw[:i], raw[:i] + bytes([rng.randint(256)]) + raw[i + 1 :], raw[:i] + b"\xff\xfe" + raw[i:]],
+        )
+    return raw
+
+
+def test_fuzzed_request_bodies_never_get_a_5xx(client):
+    """600 seeded random bodies around the request's own shape: every answer is a 200 or a 4xx in OpenAI's
+    error shape, never a 5xx or a traceback."""
+    rng = np.random.RandomState(21)
+    seen = {}
+    for n in range(600):
+        raw = _fuzz_body(rng)
+        r = client.post("/v1/embeddings", content=raw, headers={"Content-Type": "application/json"})
+        seen[r.status_code] = seen.get(r.status_code, 0) + 1
+        assert r.status_code < 500, (n, raw[:300], r.text[:300])
+        if r.status_code != 200:
+            err = r.json()["error"]
+            assert set(err) == {"message", "type", "code"} and "Traceback" not in err["message"], (
+                n,
+                raw[:300],
+            )
+    assert seen.get(200, 0) > 20 and seen.get(400, 0) > 100, seen  # both kinds were exercised
