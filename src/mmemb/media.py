@@ -5,6 +5,7 @@ Every failure is an `InputError` that names the item and the file and says what 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,32 @@ def load_image(path: Path, *, max_pixels: int, who: str = "", rgba_on_white: boo
     white (qwen-vl-utils' `to_rgb`, which UME-R1 and Qwen3-VL-Embedding run); otherwise, and for every other
     mode, PIL's convert("RGB") (alpha dropped).
     """
+    with _opened(path, max_pixels, who) as im:
+        im.load()  # decode now: a truncated file fails here, not deep inside a batch
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+            im = eight_bit(im)
+        if rgba_on_white and im.mode == "RGBA":
+            white = Image.new("RGB", im.size, (255, 255, 255))
+            white.paste(im, mask=im.split()[3])
+            return white
+        return im.convert("RGB")
+
+
+def probe_image(path: Path, *, max_pixels: int, who: str = "") -> tuple[int, int]:
+    """The checks of `load_image` without decoding the pixels: the file is an image PIL reads, within the
+    pixel and aspect limits, and whole (its structure and checksums verified, e.g. PNG CRCs and IEND).
+    Cheap enough for a server to run on every image of a request before queueing it; returns (w, h)."""
+    with _opened(path, max_pixels, who) as im:
+        size = im.size
+        im.verify()
+        return size
+
+
+@contextlib.contextmanager
+def _opened(path: Path, max_pixels: int, who: str) -> Iterator[Image.Image]:
+    """The image at `path`, opened (header read, nothing decoded) and checked against the limits; any failure
+    inside the block is an InputError naming the item and the file."""
     prefix = f"{who}: " if who else ""
     path = Path(path)
     if path.is_dir():
@@ -49,15 +76,7 @@ def load_image(path: Path, *, max_pixels: int, who: str = "", rgba_on_white: boo
                 if max(w, h) > MAX_ASPECT * max(1, min(w, h)):
                     raise InputError(f"{prefix}{path}: image is {w}x{h}, more than {MAX_ASPECT} times longer than "
                                      "wide; crop it into pieces (or pages)")  # fmt: skip
-                im.load()  # decode now: a truncated file fails here, not deep inside a batch
-                im = ImageOps.exif_transpose(im)
-                if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-                    im = eight_bit(im)
-                if rgba_on_white and im.mode == "RGBA":
-                    white = Image.new("RGB", im.size, (255, 255, 255))
-                    white.paste(im, mask=im.split()[3])
-                    return white
-                return im.convert("RGB")
+                yield im
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

@@ -8,7 +8,9 @@ with the HTTP status and a message that names the item (`input[3].image`) and sa
 Media are base64 strings or data URLs (`data:image/png;base64,...`). A server-local file is named as
 `file:///abs/path.png` and is refused unless the server was started with an allowed root that contains it
 (symlinks resolved). Decoded media are written to a per-request temporary folder (Samples hold paths) and
-fully decoded once here, so a truncated or oversized image is this request's 400, not a failed batch.
+checked here without decoding their pixels (media.probe_image: the format, the limits, the file's structure
+and checksums), so a truncated or oversized image is this request's 400 before it is queued; the lane
+decodes each image once, and an image that fails there all the same fails its own request only.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..media import load_image
+from ..media import probe_image
 from ..types import MODES, InputError, Sample
 
 ITEM_FIELDS = {"text", "image", "frames", "pages", "instruction"}
@@ -182,8 +184,8 @@ def media_file(value: str, who: str, limits: Limits, media_dir: Path) -> Path:
         with tempfile.NamedTemporaryFile(dir=media_dir, suffix=".img", delete=False) as f:
             f.write(raw)
         real = Path(f.name)
-    try:
-        load_image(real, max_pixels=limits.max_image_pixels)
+    try:  # checked whole and within the limits here, without decoding: the lane decodes it, once
+        probe_image(real, max_pixels=limits.max_image_pixels)
     except InputError as e:
         msg = str(e).split(": ", 1)[-1].replace("raise backbone.max_image_pixels", "send a smaller image")
         raise RequestError(400, f"{who}: {msg}") from None

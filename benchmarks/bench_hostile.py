@@ -1,0 +1,210 @@
+"""Soak: `mmemb serve` under hostile and normal traffic at once (issue 21).
+
+    python benchmarks/bench_hostile.py [--model nano-r1] [--seconds 120]
+
+One real server (a subprocess, default limits but --read-timeout 5) is measured in three phases:
+1. unloaded: sequential disc requests (a text and a small image each): p50 / p95 latency;
+2. attack, for --seconds: at the same time
+   - heavy: the slow lane kept busy with page-heavy adaptive requests (--heavy-items items x --pages
+     pages of a 2000x2000 PNG, each a few KB on the wire and 12 MB decoded);
+   - hostile: a loop over bodies that once gave 500s or hurt the server (deep nesting, a 5,000-digit
+     integer, lone surrogates, NUL in a path, a 5000x1 strip, a 16-bit PNG, "return_text": "false",
+     bad base64, unknown routes, a wrong method, more inputs than the queue holds);
+   - stalled: 50 connections that never finish their request head;
+   - disc: the same sequential disc requests as phase 1: p50 / p95 under attack;
+   the server's RSS is sampled every 0.2 s (/proc/PID/status);
+3. SIGTERM while a heavy request runs: seconds to exit, media folders left behind.
+
+Goals (issue 21): RSS within 300 MB of idle; disc p95 under attack < 2x unloaded; no 5xx; SIGTERM < 10 s with
+no temp files. On a 2-core CPU every lane shares the same two cores, so disc latency under load measures
+CPU contention as much as the server's design.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from common import bench_parser, write_result
+from PIL import Image
+
+
+def png(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def hostile_bodies() -> dict[str, tuple[str, str, bytes]]:
+    """name -> (method, path, body)."""
+    strip = png(Image.new("RGB", (5000, 1), (9, 9, 9)))
+    sixteen = png(Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)))
+    post = "POST", "/v1/embeddings"
+    return {
+        "deep nesting": (*post, b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+        "5000-digit integer": (*post, b'{"input": "x", "dimensions": ' + b"9" * 5000 + b"}"),
+        "lone surrogate": (*post, b'{"input": [{"text": "a \\ud800 b"}]}'),
+        "NUL in a path": (*post, json.dumps({"input": [{"image": "file:///tmp/a\x00.png"}]}).encode()),
+        "5000x1 strip": (*post, json.dumps({"input": [{"image": strip}]}).encode()),
+        "16-bit PNG": (*post, json.dumps({"input": [{"image": sixteen}]}).encode()),
+        'return_text "false"': (*post, b'{"input": "x", "return_text": "false"}'),
+        "bad base64": (*post, b'{"input": [{"image": "!!!not base64"}]}'),
+        "bad UTF-8": (*post, b'\xff\xfe{"input": "x"}'),
+        "unknown route": ("GET", "/v1/nothing", b""),
+        "wrong method": ("GET", "/v1/embeddings", b""),
+        "docs route": ("GET", "/docs", b""),
+        "more than the queue": (*post, json.dumps({"input": ["x"] * 257}).encode()),
+    }
+
+
+def main() -> None:
+    ap = bench_parser(__doc__, "hostile", model="nano-r1")
+    ap.add_argument("--seconds", type=float, default=120, help="length of the attack phase")
+    ap.add_argument("--heavy-items", type=int, default=16)
+    ap.add_argument("--pages", type=int, default=32)
+    ap.add_argument("--disc-requests", type=int, default=40, help="phase 1 requests")
+    args = ap.parse_args()
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "mmemb.cli", "serve", "--model", args.model, "--port", str(port),
+           "--read-timeout", "5", "--max-new-tokens", "64"] + (["--dtype", args.dtype] if args.dtype else [])  # fmt: skip
+    log = tempfile.NamedTemporaryFile(prefix="bench-hostile-", suffix=".log", delete=False)
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    http = httpx.Client(base_url=url, timeout=600)
+    while True:
+        assert server.poll() is None, Path(log.name).read_text()[-2000:]
+        try:
+            http.get("/health")
+            break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    small = png(Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 255).astype(np.uint8)))
+    disc_body = {"input": [{"text": "a red square"}, {"image": small}]}
+
+    def disc_latencies(n: int | None, stop: threading.Event | None = None) -> list[float]:
+        out = []
+        while (n is None or len(out) < n) and not (stop and stop.is_set()):
+            t0 = time.perf_counter()
+            r = http.post("/v1/embeddings", json=disc_body)
+            out.append(time.perf_counter() - t0)
+            assert r.status_code == 200, r.text
+        return out
+
+    disc_latencies(5)  # warm-up
+    idle_rss = rss_mb(server.pid)
+    unloaded = disc_latencies(args.disc_requests)
+
+    page = png(Image.new("RGB", (2000, 2000), (250, 250, 250)))
+    heavy_body = {
+        "input": [{"pages": [page] * args.pages} for _ in range(args.heavy_items)],
+        "mode": "adaptive",
+    }
+    stop = threading.Event()
+    statuses: dict[str, Counter] = {"heavy": Counter(), "hostile": Counter()}
+    peak = [idle_rss]
+
+    def sample_rss():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_mb(server.pid))
+            time.sleep(0.2)
+
+    def heavy():
+        client = httpx.Client(base_url=url, timeout=3600)
+        while not stop.is_set():
+            statuses["heavy"][client.post("/v1/embeddings", json=heavy_body).status_code] += 1
+
+    def hostile():
+        client = httpx.Client(base_url=url, timeout=120)
+        while not stop.is_set():
+            for name, (method, path, body) in hostile_bodies().items():
+                r = client.request(method, path, content=body, headers={"Content-Type": "application/json"})
+                statuses["hostile"][f"{name}: {r.status_code}"] += 1
+
+    stalled = []
+    for _ in range(50):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n")
+        stalled.append(s)
+    threads = [threading.Thread(target=f, daemon=True) for f in (sample_rss, heavy, hostile)]
+    for t in threads:
+        t.start()
+    timer = threading.Timer(args.seconds, stop.set)
+    timer.start()
+    attacked = disc_latencies(None, stop)
+    closed = 0
+    for s in stalled:
+        s.settimeout(1)
+        try:
+            closed += s.recv(16) == b""
+        except OSError:
+            pass
+        s.close()
+
+    # SIGTERM while a heavy request runs
+    threading.Thread(
+        target=lambda: httpx.post(f"{url}/v1/embeddings", json=heavy_body, timeout=600), daemon=True
+    ).start()
+    time.sleep(2)
+    t0 = time.perf_counter()
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=60)
+        exit_s = time.perf_counter() - t0
+    except subprocess.TimeoutExpired:
+        server.kill()
+        exit_s = None
+    left = [str(p) for p in Path(tempfile.gettempdir()).glob(f"mmemb-serve-{server.pid}-*")]
+
+    def pct(xs, q):
+        return round(1000 * float(np.percentile(xs, q)), 1)
+
+    fives = sum(n for c in statuses.values() for k, n in c.items() if str(k).split(": ")[-1].startswith("5"))
+    res = {
+        "model": args.model,
+        "attack_seconds": args.seconds,
+        "heavy_request": f"{args.heavy_items} items x {args.pages} pages of a 2000x2000 PNG, adaptive",
+        "rss_mb": {"idle": round(idle_rss, 1), "peak": round(peak[0], 1), "growth": round(peak[0] - idle_rss, 1)},
+        "disc_ms": {"unloaded_p50": pct(unloaded, 50), "unloaded_p95": pct(unloaded, 95),
+                    "attack_p50": pct(attacked, 50), "attack_p95": pct(attacked, 95), "attack_requests": len(attacked)},
+        "disc_p95_ratio": round(float(np.percentile(attacked, 95) / np.percentile(unloaded, 95)), 2),
+        "statuses": {k: dict(sorted(c.items())) for k, c in statuses.items()},
+        "5xx": fives,
+        "stalled_connections_closed": f"{closed}/{len(stalled)}",
+        "sigterm_exit_s": None if exit_s is None else round(exit_s, 2),
+        "temp_folders_left": left,
+        "goals": {"rss_growth_mb_max": 300, "disc_p95_ratio_max": 2.0, "5xx": 0, "sigterm_exit_s_max": 10},
+        "server_errors": [line for line in Path(log.name).read_text().splitlines() if "Error" in line][-5:],
+        "machine": f"{os.cpu_count()} CPUs",
+    }  # fmt: skip
+    write_result(res, args.out)
+
+
+if __name__ == "__main__":
+    main()
