@@ -69,7 +69,7 @@ def hostile_bodies() -> dict[str, tuple[str, str, bytes]]:
         "deep nesting": (*post, b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
         "5000-digit integer": (*post, b'{"input": "x", "dimensions": ' + b"9" * 5000 + b"}"),
         "lone surrogate": (*post, b'{"input": [{"text": "a \\ud800 b"}]}'),
-        "NUL in a path": (*post, json.dumps({"input": [{"image": "file:///tmp/a\x00.png"}]}).encode()),
+        "NUL in a path": (*post, json.dumps({"input": [{"image": "file://a\x00.png"}]}).encode()),
         "5000x1 strip": (*post, json.dumps({"input": [{"image": strip}]}).encode()),
         "16-bit PNG": (*post, json.dumps({"input": [{"image": sixteen}]}).encode()),
         'return_text "false"': (*post, b'{"input": "x", "return_text": "false"}'),
@@ -140,10 +140,12 @@ def main() -> None:
         while not stop.is_set():
             statuses["heavy"][client.post("/v1/embeddings", json=heavy_body).status_code] += 1
 
+    bodies = hostile_bodies()  # built once: the loop measures the server, not PNG encoding
+
     def hostile():
         client = httpx.Client(base_url=url, timeout=120)
         while not stop.is_set():
-            for name, (method, path, body) in hostile_bodies().items():
+            for name, (method, path, body) in bodies.items():
                 r = client.request(method, path, content=body, headers={"Content-Type": "application/json"})
                 statuses["hostile"][f"{name}: {r.status_code}"] += 1
 

@@ -745,7 +745,7 @@ def test_stalled_connections_are_closed_and_a_stalled_body_is_408(tiny):
 
 
 FUZZ_STRINGS = ["", "x", "a red car", "data:image/png;base64,AAAA", "data:image/png;base64,!!", "file:///etc/passwd",
-                "file:///tmp/a\x00b.png", "\ud800", "a \udfff b", "\x00", "think", "disc", "é" * 50,
+                "file://a\x00b.png", "\ud800", "a \udfff b", "\x00", "think", "disc", "é" * 50,
                 "http://example.com/a.png", "iVBORw0KGgo=", "<|image_pad|>", "<disc_emb>"]  # fmt: skip
 
 

@@ -45,7 +45,7 @@ from prometheus_client import (
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from ..types import MODES, InputError
+from ..types import MODES, REASONING_MODES, InputError
 from .batcher import Batcher, Cancelled, Job, QueueFull
 from .inputs import Limits, RequestError, parse_request
 
@@ -150,7 +150,7 @@ def capped(asked: int | None, mode: str, embedder, settings: ServeSettings) -> i
         if asked > cap:
             raise RequestError(400, f"max_new_tokens {asked} is over this server's cap of {cap}")
         return asked
-    if mode == "disc" or mode == "nothink":
+    if mode not in REASONING_MODES:  # one forward: nothing is generated
         return None
     own = max([embedder.config.generation.max_new_tokens, *embedder.config.policy.budgets])
     return None if own <= cap else cap
@@ -372,8 +372,8 @@ SHUTDOWN_S = 3  # at SIGTERM: seconds for requests in flight to finish, then aga
 
 
 def remove_stale_media_folders() -> None:
-    """Media folders of servers that died without cleaning up (SIGKILL): /tmp/mmemb-serve-<pid>-* whose
-    process is gone."""
+    """Media folders of servers that died without cleaning up (SIGKILL): mmemb-serve-<pid>-* in the system
+    temp folder (tempfile.gettempdir()) whose process is gone."""
     for folder in Path(tempfile.gettempdir()).glob("mmemb-serve-*-*"):
         pid = folder.name.split("-")[2]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
