@@ -9,9 +9,10 @@
 
 Requests are batched by serve/batcher.py. Errors use OpenAI's shape, `{"error": {"message", "type", "code"}}`:
 400 bad input (which item, what to do), 401 missing or wrong API key, 404 another model or no such route,
-405 a wrong method, 413 body / inputs / text over the limits (or more inputs than the queue holds), 429 queue
-full (with Retry-After), 500 a failure inside the model (that request only). A client that leaves before its
-body arrived is counted as 499 and not logged as an error.
+405 a wrong method, 408 a body that did not arrive within --read-timeout, 413 body / inputs / text over the
+limits (or more inputs than the queue holds), 429 queue full (with Retry-After), 500 a failure inside the
+model (that request only), 503 a request cut short by shutdown (with Retry-After). A client that leaves
+before its body arrived is counted as 499 and not logged as an error.
 """
 
 from __future__ import annotations
@@ -247,14 +248,17 @@ def create_app(embedder, settings: ServeSettings):
             if not authorized(settings, request):
                 status = 401
                 return unauthorized()
-            body = parse_json(await read_body(request, settings.max_body_bytes, settings.read_timeout_s))
+            raw = await read_body(request, settings.max_body_bytes, settings.read_timeout_s)
+            body = await run_in_threadpool(parse_json, raw)  # 32 MB of JSON: not on the event loop
             mode = body.get("mode", settings.mode) if isinstance(body, dict) else mode
             mode = mode if mode in MODES else "invalid"  # a metrics label: never the user's free text
             model = body.get("model") if isinstance(body, dict) else None
             if model not in (None, settings.model_name):
                 raise RequestError(404, f"model {model!r} is not served here; this server serves "
                                    f"{settings.model_name!r}", "model_not_found")  # fmt: skip
-            with tempfile.TemporaryDirectory(prefix="mmemb-serve-request-", dir=media.get("root")) as tmp:
+            with tempfile.TemporaryDirectory(
+                prefix="mmemb-serve-request-", dir=media.get("root"), ignore_cleanup_errors=True
+            ) as tmp:  # a parse cut short at shutdown may still be writing into it
                 req = await run_in_threadpool(
                     parse_request, body, settings.mode, settings.limits, Path(tmp), dim
                 )
@@ -275,7 +279,8 @@ def create_app(embedder, settings: ServeSettings):
         except QueueFull as e:
             status = 429
             return error_response(429, str(e), "queue_full", {"Retry-After": str(e.retry_after)})
-        except Cancelled:  # the server is shutting down (a client that left is not answered at all)
+        except (Cancelled, asyncio.CancelledError):  # the server is shutting down: 503, not uvicorn's bare
+            # 500 for a handler it cancels (a client that left is not answered at all)
             status = 503
             return error_response(
                 503, "the server is shutting down; retry", "shutting_down", {"Retry-After": "5"}
