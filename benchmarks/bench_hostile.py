@@ -139,16 +139,17 @@ def main() -> None:
             peak[0] = max(peak[0], rss_mb(server.pid))
             time.sleep(0.2)
 
-    def heavy(bucket: str = "heavy", once: bool = False):
+    def post_heavy(client: httpx.Client, bucket: str) -> None:
+        try:
+            code = client.post("/v1/embeddings", json=heavy_body).status_code
+        except httpx.TransportError as e:
+            code = type(e).__name__
+        statuses[bucket][code] += 1
+
+    def heavy():
         client = httpx.Client(base_url=url, timeout=3600)
-        while not stop.is_set() or once:
-            try:
-                code = client.post("/v1/embeddings", json=heavy_body).status_code
-            except httpx.TransportError as e:
-                code = type(e).__name__
-            statuses[bucket][code] += 1
-            if once:
-                return
+        while not stop.is_set():
+            post_heavy(client, "heavy")
 
     bodies = hostile_bodies()  # built once: the loop measures the server, not PNG encoding
 
@@ -207,7 +208,7 @@ def main() -> None:
         del body, r
 
     # SIGTERM while a heavy request runs
-    cut = threading.Thread(target=heavy, args=("shutdown", True), daemon=True)
+    cut = threading.Thread(target=post_heavy, args=(httpx.Client(base_url=url, timeout=600), "shutdown"))
     cut.start()
     while not http.get("/health").json()["running"]["slow"]:
         time.sleep(0.05)

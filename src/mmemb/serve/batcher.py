@@ -269,11 +269,9 @@ class Batcher:
     ):
         if lanes not in ("split", "shared"):
             raise ValueError(f"lanes must be 'split' or 'shared', got {lanes!r}")
-        nice = {"fast": 0, "slow": SLOW_NICE, "shared": 0}
         names = ("fast", "slow") if lanes == "split" else ("shared",)
-        self.lanes = {
-            n: Lane(n, embedder, max_batch, max_wait_s, max_queue, on_batch, nice[n]) for n in names
-        }
+        self.lanes = {n: Lane(n, embedder, max_batch, max_wait_s, max_queue, on_batch,
+                              SLOW_NICE if n == "slow" else 0) for n in names}  # fmt: skip
 
     def lane_for(self, mode: str) -> Lane:
         if "shared" in self.lanes:
