@@ -14,7 +14,7 @@ One real server (a subprocess, default limits but --read-timeout 5) is measured 
    - stalled: 50 connections that never finish their request head;
    disc p50 / p95 again;
 4. largest: one request at the limits (--largest-items items x 32 pages of a 2000x2000 one-bit PNG, a
-   ~22 MB body, 8,192 pages of 12 MB decoded each), in disc mode; 0 skips it;
+   ~23 MB body, 8,192 pages of 12 MB decoded each), in disc mode; 0 skips it;
 5. SIGTERM while a heavy request runs: seconds to exit, its answer, media folders left behind.
 The server's RSS is sampled every 0.2 s (/proc/PID/status) from phase 2 on.
 
