@@ -137,6 +137,10 @@ def test_the_shared_prompt_prefix_is_cached_once_and_changes_no_vector(tiny, ite
     assert prompts.prefix is not None and prompts.prefix.length == len(head) > 10
     full = bb.prepare(items[:3], [tiny.prompt(s) for s in items[:3]])
     assert full.input_ids.shape[1] == prompts.input_ids.shape[1] + len(head)
+    T = prompts.input_ids.shape[1]
+    for use_cache, kept in ((True, len(head) + T), (False, len(head))):  # disc keeps no keys of its own
+        _, state = bb.prefill(prompts, use_cache=use_cache)
+        assert state.cache.get_seq_length() == kept
     runs = {}
     for share in (True, False):
         tiny.share_prefix = share

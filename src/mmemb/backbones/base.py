@@ -14,6 +14,7 @@ mask (never from the padded index), so an input embedded alone and inside a batc
 
 from __future__ import annotations
 
+import functools
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +35,30 @@ class Prefix:
     length: int  # P tokens
     layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (1, H, P, d) keys and values
 
-    def cache(self, batch: int):
+    def cache(self, batch: int, keep: bool = True):
         """A fresh DynamicCache holding the prefix for `batch` rows (expanded views: no copy until the
-        model appends to it, and the prefix itself is never written)."""
-        from transformers.cache_utils import DynamicCache
+        model appends to it, and the prefix itself is never written). keep=False: the batch attends to the
+        prefix but its own keys and values are not kept (a disc prefill has nothing to decode from, and
+        keeping them would hold every layer's keys and values of the whole batch until the forward ends)."""
+        layers = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self.layers]
+        return _dynamic_cache(keep)(ddp_cache_data=layers)
 
-        return DynamicCache(ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
-                                            for k, v in self.layers])  # fmt: skip
+
+@functools.cache
+def _dynamic_cache(keep: bool) -> type:
+    """transformers' DynamicCache, or (keep=False) one whose `update` returns the cached prefix joined to
+    the new keys and values without storing them: the cache stays at the prefix."""
+    from transformers.cache_utils import DynamicCache
+
+    if keep:
+        return DynamicCache
+
+    class PrefixOnlyCache(DynamicCache):
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            layer = self.layers[layer_idx]  # (B, H, P, d) each, never written
+            return torch.cat([layer.keys, key_states], -2), torch.cat([layer.values, value_states], -2)
+
+    return PrefixOnlyCache
 
 
 @dataclass
@@ -250,8 +268,10 @@ class Backbone(nn.Module):
         if pre is not None:
             B = mask.shape[0]
             mask = torch.cat([torch.ones(B, pre.length, dtype=mask.dtype, device=mask.device), mask], dim=1)
-            pos, cache, use_cache = pos + pre.length, pre.cache(B), True  # (P+T) mask; positions after P
-        hidden, cache = self.forward_hidden(prompts.input_ids, mask, pos, cache, prompts.extra, use_cache)
+            pos, cache = pos + pre.length, pre.cache(B, keep=use_cache)  # (P+T) mask; positions after P
+        hidden, cache = self.forward_hidden(
+            prompts.input_ids, mask, pos, cache, prompts.extra, use_cache or pre is not None
+        )
         pos = pos if self.mrope else pos.unsqueeze(0)  # (P, B, T)
         next_pos = pos.amax(dim=(0, 2)) + 1  # (B,): text after media continues from the largest position
         return hidden, DecodeState(cache, mask.clone(), next_pos.to(hidden.device))
