@@ -220,3 +220,38 @@ def test_uint8_pixels_normalised_per_chunk_equal_the_float_batch(nano_dt, images
         )
     prompts = bb.prepare([Sample(pages=tuple(images))], [nano_dt.prompt(Sample(pages=tuple(images)))])
     assert prompts.extra["pixel_values"].dtype == torch.uint8
+
+
+def test_the_batch_memory_budget_splits_forwards_and_changes_no_vector(nano_dt, images):
+    """A forward takes rows until their padded text tokens would pass `max_batch_tokens` or their images
+    `max_batch_images` (a row over a budget runs alone): memory per forward is bounded whatever the batch
+    size, in the one-forward modes and in the decoder's prefills, and the vectors are those of one batch."""
+    nano = nano_dt
+    items = [Sample(id=f"d{i}", pages=tuple(images[: 1 + i % 4]), text="page " * i) for i in range(8)]
+    items.append(Sample(id="long", text="a long text " * 100))
+    forwards = []  # (rows, images, has the long item) per prefill
+    real, budget = nano.backbone.prefill, (nano.max_batch_tokens, nano.max_batch_images)
+
+    def spy(prompts, use_cache=True):
+        pixels = prompts.extra.get("pixel_values")
+        forwards.append(
+            (prompts.input_ids.shape[0], 0 if pixels is None else len(pixels), prompts.input_ids.shape[1])
+        )
+        return real(prompts, use_cache)
+
+    for mode in ("disc", "nothink", "gen"):
+        whole = nano.encode(items, mode=mode, batch_size=9, max_new_tokens=3)
+        nano.backbone.prefill, nano.max_batch_tokens, nano.max_batch_images = spy, 400, 4
+        forwards.clear()
+        try:
+            split = nano.encode(items, mode=mode, batch_size=9, max_new_tokens=3)
+        finally:
+            del nano.backbone.prefill
+            nano.max_batch_tokens, nano.max_batch_images = budget
+        assert len(forwards) > 3 and any(rows > 1 for rows, _, _ in forwards)
+        assert all(rows == 1 or n_images <= 4 for rows, n_images, _ in forwards), forwards
+        longest = max(width for _, _, width in forwards)  # the long text's forward: too long to share
+        assert [rows for rows, _, width in forwards if width == longest] == [1]
+        if mode != "gen" or nano.dtype_name == "float32":
+            assert split.texts == whole.texts
+            assert_same_vectors(split.vectors, whole.vectors, nano.dtype_name, atol=2e-5)

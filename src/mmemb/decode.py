@@ -149,6 +149,7 @@ def decode(
     stop_ids: torch.Tensor,
     batch_size: int,
     more: Callable[[int], list[Row]] | None = None,
+    fit: Callable[[list[int]], int] | None = None,
 ) -> Iterator[Row]:
     """Decode `rows` (in the order given) with at most `batch_size` running at once; yields each finished row.
 
@@ -157,6 +158,8 @@ def decode(
     `<gen_emb>` is forced after `</answer>` and `<no_think>`; a row ends at `<gen_emb>` (found), at an
     end-of-sequence token or at its cap (not found: the vector is its last fed state). more(n): up to n
     further rows, asked for whenever `rows` are used up and slots are free ([] when there are none now).
+    fit(indices): how many of these rows, from the first, one prefill takes (the memory budget; default all);
+    the rest wait for the next.
     """
     join = max(1, batch_size // 4)  # fill free slots once this many are free (or nothing runs)
     queue = list(rows)
@@ -171,7 +174,8 @@ def decode(
             return
         if queue and (running is None or free >= join):
             t0 = time.perf_counter()
-            group, queue = queue[:free], queue[free:]
+            n = fit([r.index for r in queue[:free]]) if fit else free
+            group, queue = queue[:n], queue[n:]
             prompts = prepare([r.index for r in group])
             hidden, state = backbone.prefill(prompts)  # (b, T, D)
             plan = start(hidden, group)

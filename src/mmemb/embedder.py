@@ -54,6 +54,10 @@ def load_args(settings) -> dict:
     return out
 
 
+MAX_BATCH_TOKENS = 4096  # padded text tokens in one forward (`Embedder.fit`)
+MAX_BATCH_IMAGES = 64  # images in one forward
+
+
 class Embedder:
     def __init__(self, backbone: Backbone, config: EmbedderConfig) -> None:
         self.profile = profile = profiles.get(config.profile)
@@ -100,6 +104,9 @@ class Embedder:
         # turn markers): its KV cache is computed once per model state and shared (see `prepare`)
         self.share_prefix = True
         self._prefix: tuple[tuple, Prefix | None] | None = None
+        # one forward's memory budget (`fit`): a batch splits before it passes either; no vector changes
+        self.max_batch_tokens = MAX_BATCH_TOKENS
+        self.max_batch_images = MAX_BATCH_IMAGES
 
     def reset_policy(self) -> None:
         """The untrained decision: the LM's own preference between <no_think> and <think> (policy_head.py)."""
@@ -297,6 +304,23 @@ class Embedder:
             return None  # not a clean token boundary
         return cut[0], tails
 
+    def fit(self, samples: list[Sample], texts: list[str]) -> int:
+        """How many of these rows, from the first, one forward takes: all, unless the padded text tokens (rows x
+        the longest prompt) would pass `max_batch_tokens` or their images (pages, sampled frames) would pass
+        `max_batch_images`; at least one (a row over a budget alone runs alone). Memory per forward then stays
+        bounded whatever the batch size (README: "Memory per request"). Visual tokens are not counted as text
+        tokens (the image budget bounds them); raise both on a GPU with memory to spare."""
+        with self.tokenizer_lock:
+            lengths = [len(x) for x in self.backbone.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        frames = self.config.backbone.num_frames
+        longest = images = 0
+        for n, (s, length) in enumerate(zip(samples, lengths, strict=True)):
+            longest = max(longest, length)
+            images += min(len(s.frames), frames) if s.frames else len(s.media())
+            if n and ((n + 1) * longest > self.max_batch_tokens or images > self.max_batch_images):
+                return n
+        return len(samples)
+
     def prepare(self, samples: list[Sample], texts: list[str]) -> Prompts:
         """`backbone.prepare`, with the shared prefix cut off and attached as a cache when `split_prefix`
         allows (else the whole texts, no prefix). Same vectors as without (tests/test_decode.py), about a
@@ -455,10 +479,14 @@ class Embedder:
                 )
             return new
 
+        def texts(indices: list[int]) -> list[str]:
+            return [self.prompt(samples[i]) + suffix for i in indices]
+
         def prepare(indices: list[int]) -> Prompts:
-            return self.prepare(
-                [samples[i] for i in indices], [self.prompt(samples[i]) + suffix for i in indices]
-            )
+            return self.prepare([samples[i] for i in indices], texts(indices))
+
+        def fit(indices: list[int]) -> int:
+            return self.fit([samples[i] for i in indices], texts(indices))
 
         def start(hidden: torch.Tensor, group: list[Row]) -> Start:
             if not adaptive:
@@ -475,7 +503,9 @@ class Embedder:
 
         self.backbone.eval()
         sample = lambda logits: sample_tokens(logits, temp, g.top_p)  # noqa: E731
-        for r in decode(self.backbone, [], prepare, start, sample, self.ids, self.stop_ids, batch_size, more):
+        for r in decode(
+            self.backbone, [], prepare, start, sample, self.ids, self.stop_ids, batch_size, more, fit
+        ):
             vec = r.vector.float()
             vec = (torch.nn.functional.normalize(vec, dim=-1) if self.config.normalize else vec).cpu().numpy()
             if adaptive and r.action == 0:
@@ -528,10 +558,13 @@ class Embedder:
         seconds = [0.0] * len(samples)
         bar = _progress(len(samples), progress, f"embed ({desc})")
         self.backbone.eval()
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        start = 0
+        while start < len(order):
             start_time = time.perf_counter()
+            idx = order[start : start + batch_size]
             rendered = [self.prompt(samples[i]) + (completions[i] if completions else "") for i in idx]
+            n = self.fit([samples[i] for i in idx], rendered)  # within the memory budget
+            idx, rendered, start = idx[:n], rendered[:n], start + n
             prompts = self.prepare([samples[i] for i in idx], rendered)
             vecs = run(prompts, idx).float()
             if self.config.normalize:
