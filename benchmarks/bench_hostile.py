@@ -14,9 +14,11 @@ One real server (a subprocess, default limits but --read-timeout 5) is measured 
    - stalled: 50 connections that never finish their request head;
    disc p50 / p95 again;
 4. largest: one request at the limits (--largest-items items x 32 pages of a 2000x2000 one-bit PNG, a
-   ~23 MB body, 8,192 pages of 12 MB decoded each), in disc mode; 0 skips it;
+   ~23 MB body, 8,192 pages of 12 MB decoded each), in disc mode; 0 skips it; then one of --text-items
+   texts each as long as nano's context allows (~1,950 tokens), the costliest text forward;
 5. SIGTERM while a heavy request runs: seconds to exit, its answer, media folders left behind.
-The server's RSS is sampled every 0.2 s (/proc/PID/status) from phase 2 on.
+The server's RSS is sampled every 0.2 s (/proc/PID/status) from phase 2 on; each phase-4 request's peak is
+its own.
 
 Goals (issue 21): RSS within 300 MB of idle; disc p95 under heavy load < 2x unloaded; no 5xx but 503s for
 requests cut short by SIGTERM; SIGTERM < 10 s with no temp files. On a 2-core CPU every lane shares the same
@@ -92,6 +94,9 @@ def main() -> None:
     ap.add_argument("--pages", type=int, default=32)
     ap.add_argument("--disc-requests", type=int, default=40, help="phase 1 requests")
     ap.add_argument("--largest-items", type=int, default=256, help="phase 4 (0: skip it)")
+    ap.add_argument(
+        "--text-items", type=int, default=32, help="phase 4b: texts at the context limit (0: skip)"
+    )
     args = ap.parse_args()
     import httpx
 
@@ -132,11 +137,12 @@ def main() -> None:
     }
     stop, done = threading.Event(), threading.Event()  # stop: the attack is over; done: the run is
     statuses: dict[str, Counter] = {"heavy": Counter(), "hostile": Counter(), "shutdown": Counter()}
-    peak = [idle_rss]
+    phase = ["heavy"]  # the phase the RSS sampler files its readings under
+    peaks = {"heavy": idle_rss}
 
     def sample_rss():
         while not done.is_set():
-            peak[0] = max(peak[0], rss_mb(server.pid))
+            peaks[phase[0]] = max(peaks.get(phase[0], 0.0), rss_mb(server.pid))
             time.sleep(0.2)
 
     def post_heavy(client: httpx.Client, bucket: str) -> None:
@@ -192,20 +198,25 @@ def main() -> None:
         s.close()
     heavy_thread.join()  # its last request ends normally
 
+    def one_request(name: str, inputs: list) -> dict:
+        body = json.dumps({"input": inputs, "mode": "disc"}).encode()
+        before, phase[0] = rss_mb(server.pid), name
+        t0 = time.perf_counter()
+        r = http.post("/v1/embeddings", content=body, headers={"Content-Type": "application/json"})
+        seconds, phase[0] = time.perf_counter() - t0, "after"
+        time.sleep(0.3)  # the sampler's last reading of this phase
+        return {"items": len(inputs), "body_mb": round(len(body) / 2**20, 1), "status": r.status_code,
+                "seconds": round(seconds, 1), "rss_mb_before": round(before, 1),
+                "rss_mb_peak": round(peaks[name], 1), "growth_over_idle": round(peaks[name] - idle_rss, 1)}  # fmt: skip
+
     largest = {}
     if args.largest_items:
         one_bit = png(Image.new("1", (2000, 2000), 1))
-        body = json.dumps(
-            {"input": [{"pages": [one_bit] * 32}] * args.largest_items, "mode": "disc"}
-        ).encode()
-        before = rss_mb(server.pid)
-        t0 = time.perf_counter()
-        r = http.post("/v1/embeddings", content=body, headers={"Content-Type": "application/json"})
-        largest = {"items": args.largest_items, "pages": 32 * args.largest_items,
-                   "body_mb": round(len(body) / 2**20, 1), "status": r.status_code,
-                   "seconds": round(time.perf_counter() - t0, 1), "rss_mb_before": round(before, 1),
-                   "rss_mb_peak_so_far": round(peak[0], 1)}  # fmt: skip
-        del body, r
+        largest = one_request("largest", [{"pages": [one_bit] * 32}] * args.largest_items)
+        largest["pages"] = 32 * largest["items"]
+    longest = {}
+    if args.text_items:  # texts as long as nano's context allows (2048 tokens): ~1,950 tokens each
+        longest = one_request("longest_texts", [{"text": "word " * 1900}] * args.text_items)
 
     # SIGTERM while a heavy request runs
     cut = threading.Thread(target=post_heavy, args=(httpx.Client(base_url=url, timeout=600), "shutdown"))
@@ -236,8 +247,10 @@ def main() -> None:
         "model": args.model,
         "phase_seconds": args.seconds / 2,
         "heavy_request": f"{args.heavy_items} items x {args.pages} pages of a 2000x2000 PNG, adaptive",
-        "rss_mb": {"idle": round(idle_rss, 1), "peak": round(peak[0], 1), "growth": round(peak[0] - idle_rss, 1)},
+        "rss_mb": {"idle": round(idle_rss, 1), "heavy_and_attack_peak": round(peaks["heavy"], 1),
+                   "heavy_and_attack_growth": round(peaks["heavy"] - idle_rss, 1)},
         "largest_request": largest,
+        "longest_texts_request": longest,
         "disc_ms": {"unloaded_p50": pct(unloaded, 50), "unloaded_p95": pct(unloaded, 95),
                     "heavy_p50": pct(under_heavy, 50), "heavy_p95": pct(under_heavy, 95),
                     "heavy_requests": len(under_heavy),

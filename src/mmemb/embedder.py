@@ -308,7 +308,7 @@ class Embedder:
         """How many of these rows, from the first, one forward takes: all, unless the padded text tokens (rows x
         the longest prompt) would pass `max_batch_tokens` or their images (pages, sampled frames) would pass
         `max_batch_images`; at least one (a row over a budget alone runs alone). Memory per forward then stays
-        bounded whatever the batch size (README: "Memory per request"). Visual tokens are not counted as text
+        bounded whatever the batch size (README: How the embedder works). Visual tokens are not counted as text
         tokens (the image budget bounds them); raise both on a GPU with memory to spare."""
         with self.tokenizer_lock:
             lengths = [len(x) for x in self.backbone.tokenizer(texts, add_special_tokens=False)["input_ids"]]
