@@ -238,7 +238,9 @@ def test_embed_refuses_unwritable_outputs_and_its_own_input_before_the_model_loa
         (tmp_path / "file" / "deeper" / "v.npy", "disc", "is a file, not a folder"),
         ("/proc/mmemb/v.npy", "disc", "cannot write in /proc"),
         ("/sys/v.npy", "disc", "cannot write in /sys"),
-        (tmp_path, "disc", "use a .npy file name"),
+        (tmp_path, "disc", "is not a shard folder"),  # a folder: sharded output, but this one is not
+        ("/proc/mmemb/shards", "disc", "cannot write in /proc"),
+        (tmp_path / "v.txt", "disc", "use a .npy file name, or a folder"),
         (tmp_path / "dir.npy", "disc", "is a folder"),
         (src_npy, "disc", "would overwrite the input"),
         (tmp_path / "items.npy", "gen", None),  # items.gen.jsonl is not items.jsonl: allowed

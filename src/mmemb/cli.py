@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         help="(required) vectors (.npy, float32, N x D); ids go to OUT.ids.json; in the other modes, per item "
-        "whether it reasoned, its tokens and completion to OUT.gen.jsonl",
+        "whether it reasoned, its tokens and completion to OUT.gen.jsonl. A folder (no suffix): the input is "
+        "streamed into resumable shards of --shard-size items, one process or a torchrun (README: Corpus scale)",
     )
     deprecated(p, "--output", "--out", type=Path)
     p.add_argument(
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(<no_think><gen_emb>); adaptive: the model's policy decides per item",
     )
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--shard-size", type=int, default=10_000, help="items per output shard (folder --out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
                    help="compute dtype (default: the model's saved setting, auto = bf16 where the hardware has it)")  # fmt: skip
@@ -247,11 +249,19 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from .items import read_items
 
     if args.out is None:
-        raise InputError("--out is required: the .npy file to write the vectors to")
-    if args.out.suffix != ".npy":
-        raise InputError(f"--out {args.out}: use a .npy file name")
+        raise InputError("--out is required: a .npy file, or a folder for sharded output")
     if args.batch_size < 1:
         raise InputError("--batch-size must be >= 1")
+    if args.out.suffix != ".npy" and (args.out.suffix == "" or args.out.is_dir()):
+        return embed_sharded(args)
+    if args.out.suffix != ".npy":
+        raise InputError(
+            f"--out {args.out}: use a .npy file name, or a folder (no suffix) for sharded output"
+        )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError(
+            f"--out {args.out}: several processes write a folder of shards; give a folder, not a .npy"
+        )
     out = args.out
     outputs = [out, out.with_suffix(".ids.json")] + (
         [out.with_suffix(".gen.jsonl")] if args.mode != "disc" else []
@@ -284,6 +294,56 @@ def cmd_embed(args: argparse.Namespace) -> int:
         f"mmemb embed: {len(samples)} items -> {out} {result.vectors.shape} ({args.mode}{reasoned})",
         file=sys.stderr,
     )
+    return 0
+
+
+def embed_sharded(args: argparse.Namespace) -> int:
+    """`mmemb embed --out FOLDER`: streamed input, shards of --shard-size items, resumable; under torchrun
+    each rank embeds its own shards (shards.py)."""
+    from .embedder import Embedder, load_args
+    from .io import check_outputs
+    from .shards import MANIFEST, check_folder, embed_shards, run_manifest, scan_input, shard_ok
+
+    if args.shard_size < 1:
+        raise InputError("--shard-size must be >= 1")
+    out = args.out
+    check_outputs([out / MANIFEST], [args.input])  # before the model loads
+    check_folder(out)
+    scanned = scan_input(args.input)  # every line validated, streamed; nothing written yet
+    rank, world, local = (
+        int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))
+    )
+    quiet_libraries()
+    import torch
+
+    device, barrier = None, lambda: None
+    if world > 1:  # torchrun (or accelerate launch): its rendezvous gives every rank its place
+        import torch.distributed as dist
+
+        if torch.cuda.is_available():
+            device = f"cuda:{local}"
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if device else "gloo")
+        barrier = dist.barrier
+    embedder = Embedder.from_pretrained(args.model, device=device, **load_args(args))
+    manifest = run_manifest(embedder, args.model, args.mode, args.input, scanned, args.shard_size)
+    stats = embed_shards(
+        embedder, args.input, out, manifest, args.mode, args.batch_size, rank, world, args.quiet, barrier
+    )
+    rate = stats["items_embedded"] / stats["seconds"] if stats["seconds"] else 0.0
+    print(f"mmemb embed [rank {rank}/{world}]: {stats['items_embedded']} items in {stats['seconds']:.1f} s "
+          f"({rate:.1f} items/s), {stats['shards_embedded']} shards written, {stats['shards_kept']} kept", file=sys.stderr)  # fmt: skip
+    barrier()  # every rank's shards are written
+    if rank == 0:
+        bad = [k for k in range(manifest["shards"]) if not shard_ok(out, k, args.mode != "disc")]
+        if bad:
+            raise InputError(
+                f"--out {out}: shards {bad} did not complete; rerun the same command to finish them"
+            )
+        print(f"mmemb embed: {manifest['items']} items -> {out} ({manifest['shards']} shards of "
+              f"{manifest['shard_size']}, {manifest['dim']}-d, {args.mode})", file=sys.stderr)  # fmt: skip
+    if world > 1:
+        torch.distributed.destroy_process_group()
     return 0
 
 

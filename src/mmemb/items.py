@@ -10,6 +10,7 @@ Everything is checked before any model work: a bad line is one `InputError` nami
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from .io import read_jsonl
@@ -19,18 +20,22 @@ FIELDS = {"id", "text", "image", "frames", "pages", "instruction"}
 
 
 def read_items(path: Path) -> list[Sample]:
+    samples = list(iter_items(path))
+    if not samples:
+        raise InputError(f"{path}: no items (expected one JSON object per line)")
+    return samples
+
+
+def iter_items(path: Path) -> Iterator[Sample]:
+    """The items of a JSONL file, validated and streamed (only the ids are held, to refuse duplicates)."""
     path = Path(path)
-    samples: list[Sample] = []
-    seen: dict[str, str] = {}
+    seen: dict[str, int] = {}
     for where, obj in read_jsonl(path):
         sample = parse_item(obj, base=path.parent, where=where)
         if sample.id in seen:
             raise InputError(f"{where}: duplicate id {sample.id!r} (first on line {seen[sample.id]})")
-        seen[sample.id] = where.rsplit(":", 1)[1]
-        samples.append(sample)
-    if not samples:
-        raise InputError(f"{path}: no items (expected one JSON object per line)")
-    return samples
+        seen[sample.id] = int(where.rsplit(":", 1)[1])
+        yield sample
 
 
 def parse_item(obj: object, base: Path, where: str) -> Sample:

@@ -1,0 +1,195 @@
+"""`mmemb embed --out FOLDER`: streamed, sharded, resumable output, and the same files from torchrun ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmemb import Embedder, InputError
+from mmemb.cli import main
+from mmemb.items import read_items
+from mmemb.shards import read_shards
+
+from .conftest import assert_same_vectors, write_image
+
+
+@pytest.fixture
+def use_nano(nano, monkeypatch):
+    monkeypatch.setattr(Embedder, "from_pretrained", classmethod(lambda cls, name, **kw: nano))
+    return nano
+
+
+def write_items(path: Path, n: int, images: list[Path] = ()) -> Path:
+    rows = [{"id": f"q{i}", "text": f"item {i} about " + "cats " * (i % 7)} for i in range(n)]
+    for i, image in enumerate(images):
+        rows[3 * i + 1]["image"] = str(image)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_shards_hold_the_vectors_of_one_encode_in_input_order(use_nano, tmp_path):
+    src = write_items(
+        tmp_path / "items.jsonl",
+        11,
+        [write_image(tmp_path / "a.png"), write_image(tmp_path / "b.png", seed=1)],
+    )
+    out = tmp_path / "out"
+    assert main(["embed", "--input", str(src), "--out", str(out), "--shard-size", "4", "--quiet"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["manifest.json"] + [
+        f"shard-{k:05d}.{e}" for k in range(3) for e in ("done.json", "ids.json", "npy")
+    ]
+    vectors, ids, manifest = read_shards(out)
+    samples = read_items(src)
+    assert ids == [s.id for s in samples] and manifest["items"] == 11 and manifest["shards"] == 3
+    assert manifest["fingerprint"] == use_nano.fingerprint() and manifest["mode"] == "disc"
+    assert_same_vectors(
+        vectors,
+        use_nano.encode(samples).vectors,
+        str(use_nano.dtype).removeprefix("torch."),
+    )
+    assert np.load(out / "shard-00002.npy").shape == (3, 576)
+
+
+def test_a_generating_mode_writes_its_texts_and_resume_keeps_finished_shards(use_nano, tmp_path):
+    src = write_items(tmp_path / "items.jsonl", 6)
+    out = tmp_path / "out"
+    args = [
+        "embed",
+        "--input",
+        str(src),
+        "--out",
+        str(out),
+        "--shard-size",
+        "4",
+        "--mode",
+        "nothink",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    rows = [json.loads(x) for x in (out / "shard-00001.gen.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["q4", "q5"] and all(r["text"] == use_nano.no_think for r in rows)
+    first = files(out)
+    stamp = (out / "shard-00000.npy").stat().st_mtime_ns
+    (out / "shard-00001.gen.jsonl").write_text("torn")  # changed after it was written: redone
+    (out / ".shard-00001.npy.x.tmp").write_text("a killed writer's staging file")
+    assert main(args) == 0
+    assert files(out) == first  # the same files, the staging file gone
+    assert (out / "shard-00000.npy").stat().st_mtime_ns == stamp  # the finished shard was kept
+
+
+def test_bad_input_leaves_no_output_and_another_run_is_refused(use_nano, tmp_path, capsys):
+    def refused(args: list[str], pattern: str) -> None:
+        assert main(["embed", "--input", str(src), *args, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert re.search(pattern, err) and "Traceback" not in err, err
+
+    src = write_items(tmp_path / "items.jsonl", 5)
+    with open(src, "a") as f:
+        f.write('{"id": "q9", "image": "missing.png"}\n')
+    out = tmp_path / "out"
+    refused(["--out", str(out)], r"items.jsonl:6 .*missing.png")
+    assert not out.exists()
+    write_items(src, 5)
+    assert main(["embed", "--input", str(src), "--out", str(out), "--quiet"]) == 0
+    refused(["--out", str(out), "--mode", "nothink"], "another run .*differs in mode")
+    write_items(src, 6)
+    refused(["--out", str(out)], "differs in input_sha256, items")
+    (out / "shard-00000.npy").write_bytes(b"")
+    with pytest.raises(InputError, match="shard 0 is missing or was changed"):
+        read_shards(out)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    refused(["--out", str(tmp_path / "other")], "not a shard folder")
+    refused(["--out", str(tmp_path / "vecs.txt")], "vecs.txt: use a .npy file name, or a folder")
+
+
+def embed_cmd(src: Path, out: Path, shard_size: int, procs: int = 1) -> list[str]:
+    args = [
+        "embed",
+        "--model",
+        "nano",
+        "--input",
+        str(src),
+        "--out",
+        str(out),
+        "--shard-size",
+        str(shard_size),
+    ]
+    if procs == 1:
+        return [sys.executable, "-m", "mmemb.cli", *args]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs)]
+    return [*torchrun, "--standalone", "-m", "mmemb.cli", *args, "--quiet"]
+
+
+def run_ok(cmd: list[str]) -> str:
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+def test_two_torchrun_ranks_write_the_files_of_one_process(tmp_path):
+    """gloo on CPU: each rank embeds its own shards (k % 2 == rank); the folder equals a 1-process run's."""
+    src = write_items(tmp_path / "items.jsonl", 40)
+    run_ok(embed_cmd(src, tmp_path / "one", 8))
+    err = run_ok(embed_cmd(src, tmp_path / "two", 8, procs=2))
+    assert "[rank 0/2]: 24 items" in err and "[rank 1/2]: 16 items" in err
+    a, b = read_shards(tmp_path / "one"), read_shards(tmp_path / "two")
+    assert a[1] == b[1] and len(set(b[1])) == 40
+    assert_same_vectors(a[0], b[0], "bfloat16")
+    assert a[2] | {"input_path": ""} == b[2] | {"input_path": ""}
+
+
+def descendants(pid: int) -> list[int]:
+    try:
+        kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return kids + [g for k in kids for g in descendants(k)]
+
+
+def test_a_torchrun_killed_mid_way_resumes_to_the_same_output(tmp_path):
+    """kill -9 of a 2-rank torchrun and its workers after some shards: the rerun keeps them, redoes
+    the rest, and equals an uninterrupted 1-process run: nothing lost, nothing duplicated."""
+    src = write_items(tmp_path / "items.jsonl", 240)
+    out = tmp_path / "out"
+    cmd = embed_cmd(src, out, 4, procs=2)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while not (out / "shard-00005.done.json").exists():
+        assert proc.poll() is None and time.time() < deadline, (
+            proc.stderr.read()[-2000:] if proc.poll() else "slow"
+        )
+        time.sleep(0.01)
+    for pid in [proc.pid, *descendants(proc.pid)]:  # torchrun and its workers (their own sessions)
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    kept = len(list(out.glob("shard-*.done.json")))
+    assert 4 <= kept < 60, kept
+    err = run_ok(cmd)
+    written = sum(int(n) for n in re.findall(r"(\d+) shards written", err))
+    assert written == 60 - kept and sum(int(n) for n in re.findall(r"(\d+) kept", err)) == kept, err
+    run_ok(embed_cmd(src, tmp_path / "clean", 4))
+    resumed, clean = read_shards(out), read_shards(tmp_path / "clean")
+    assert resumed[1] == clean[1] and len(set(resumed[1])) == 240
+    assert_same_vectors(resumed[0], clean[0], "bfloat16")
+    assert not list(out.glob(".*.tmp"))
+    shutil.rmtree(out)
