@@ -22,6 +22,8 @@ COMMANDS = {
     "report": "Print meta-task, modality and overall tables for score files, side by side.",
     "data": "Datasets: `mmemb data build-mini` makes mmeb-mini from Debian data; `mmemb data check-mmeb-v2` "
     "says which MMEB-V2 datasets are downloaded.",
+    "index": "Build a FAISS index (exact or HNSW) from `mmemb embed`'s shard folder: `mmemb index build`.",
+    "search": "Search an index with a text or an image query: the top k ids and scores.",
     "info": "Print a model's settings (backbone, tokens, modes) and where its weights come from.",
     "train": "Train: `mmemb train stage1|policy|policy-sweep --config FILE [key=value ...]` (contrastive + "
     "reasoning SFT; the policy that decides when to reason; its λ sweep).",
@@ -140,6 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help=COMMANDS["info"], description=COMMANDS["info"])
     p.add_argument("--model", default="nano")
 
+    p = sub.add_parser("index", help=COMMANDS["index"], description=COMMANDS["index"])
+    isub = p.add_subparsers(dest="index_command", metavar="INDEX_COMMAND", required=True)
+    b = isub.add_parser("build", help="index a shard folder written by `mmemb embed --out FOLDER`")
+    b.add_argument("--shards", type=Path, required=True, help="the shard folder")
+    b.add_argument("--out", type=Path, required=True, help="the index folder to write")
+    b.add_argument("--kind", default="flat", choices=("flat", "hnsw"), help="flat: exact; hnsw: approximate")
+
+    p = sub.add_parser("search", help=COMMANDS["search"], description=COMMANDS["search"])
+    p.add_argument("--index", type=Path, required=True)
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--query", help="a text query")
+    q.add_argument("--image", type=Path, help="an image query")
+    p.add_argument("--instruction", help="the query's instruction (e.g. 'Find an image that matches')")
+    p.add_argument("--model", help="the model to embed the query with (default: the index's)")
+    p.add_argument("--mode", help="the query's mode (default: the index's; adaptive: the policy decides)")
+    p.add_argument("--k", type=int, default=10)
+
     from .reasoning.cli import add_parser as add_reason
 
     add_reason(sub)
@@ -230,6 +249,8 @@ def handlers() -> dict:
         "report": cmd_report,
         "data": cmd_data,
         "info": cmd_info,
+        "index": cmd_index,
+        "search": cmd_search,
         "reason": cmd_reason,
         "train": cmd_train,
         "reproduce": cmd_reproduce,
@@ -294,6 +315,37 @@ def cmd_embed(args: argparse.Namespace) -> int:
         f"mmemb embed: {len(samples)} items -> {out} {result.vectors.shape} ({args.mode}{reasoned})",
         file=sys.stderr,
     )
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .index import build
+    from .io import check_outputs
+
+    check_outputs([args.out / "meta.json"], [args.shards])
+    meta = build(args.shards, args.out, args.kind)
+    print(f"mmemb index: {meta['rows']} vectors ({meta['dim']}-d, {meta['mode']}) -> {args.out} ({args.kind})", file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .embedder import Embedder
+    from .index import Index
+    from .types import Sample
+
+    if args.k < 1:
+        raise InputError("--k must be >= 1")
+    if args.image is not None and not args.image.is_file():
+        raise InputError(f"--image {args.image}: file not found")
+    index = Index.load(args.index)
+    mode = args.mode or index.meta["mode"]
+    quiet_libraries()
+    embedder = Embedder.from_pretrained(args.model or index.meta["model"])
+    index.check(embedder, mode)
+    query = Sample(id="query", text=args.query, image=args.image, instruction=args.instruction)
+    vec = embedder.encode([query], mode=mode).vectors  # (1, D)
+    for rank, (item, score) in enumerate(index.search(vec, args.k)[0], start=1):
+        print(f"{rank}\t{score:.4f}\t{item}")
     return 0
 
 
