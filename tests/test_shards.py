@@ -259,3 +259,39 @@ def test_text_queries_find_their_mmeb_mini_targets_in_the_top_5_with_nano_r1(tmp
     hits = [i for i, top in enumerate(found) if any(task.relevance[i].get(item, 0) > 0 for item in top)]
     assert hits, "no query found its target in the top 5"
     # nano-r1 is weak here: 2 of 40 in the top 5 of 150 images when measured (chance: 1.3); README
+
+
+def test_eval_scores_are_identical_with_one_and_two_torchrun_ranks(tmp_path):
+    """mmeb-mini (4 queries a task): each rank embeds every other chunk of each task's missing items into
+    its own cache folder's shards, rank 0 scores and writes; the scores and per-query ranks equal one
+    process's, and the cache holds each item once."""
+    from .conftest import needs_debian_data
+
+    needs_debian_data(Path("/usr/share/openclipart/png"))
+    args = ["eval", "--model", "nano-r1", "--tasks", "mmeb-mini", "--limit", "4", "--quiet"]
+    runs = {}
+    for procs in (1, 2):
+        out, cache = tmp_path / f"out{procs}", tmp_path / f"cache{procs}"
+        head = [sys.executable, "-m", "mmemb.cli"]
+        if procs > 1:
+            head = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                "2",
+                "-m",
+                "mmemb.cli",
+            ]
+        run_ok([*head, *args, "--out", str(out), "--cache", str(cache)])
+        scores = json.loads((out / "scores.disc-disc.json").read_text())
+        rows = [json.loads(line) for line in (out / "per_query.disc-disc.jsonl").read_text().splitlines()]
+        keys = [k for meta in cache.glob("*/*/shard-*.json") for k in json.loads(meta.read_text())["keys"]]
+        runs[procs] = (
+            scores["metrics"],
+            [{k: v for k, v in r.items() if k != "latency_s"} for r in rows],
+            keys,
+        )
+    assert runs[1][0] == runs[2][0] and runs[1][1] == runs[2][1]
+    assert len(runs[2][2]) == len(set(runs[2][2])) == len(runs[1][2])  # each item embedded once

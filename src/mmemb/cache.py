@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .distributed import ONE, Ranks
 from .io import atomic_write
-from .types import REASONING_MODES, Sample
+from .types import REASONING_MODES, InputError, Sample
 
 if TYPE_CHECKING:
     from .embedder import Embedder
@@ -175,8 +176,9 @@ class CachedEncoder:
         shard_size: int = 256,
         progress: bool = True,
         fingerprint: str | None = None,
+        ranks: Ranks = ONE,
     ) -> None:
-        self.embedder, self.root = embedder, Path(root)
+        self.embedder, self.root, self.ranks = embedder, Path(root), ranks
         self.fingerprint = fingerprint or embedder.fingerprint()
         self.batch_size, self.shard_size, self.progress = batch_size, shard_size, progress
         self.embedded_now = 0  # items not found in the cache, over every call
@@ -201,10 +203,16 @@ class CachedEncoder:
         import torch
 
         policy = self.embedder.policy_fingerprint() if mode == "adaptive" else ""
-        cache = self.store(tag or cache_tag(mode, gen, policy))
+        name, r = tag or cache_tag(mode, gen, policy), self.ranks
+        if r.world > 1:  # torchrun: every rank reads the cache as it is now, before any rank writes to it
+            r.barrier()
+            self._stores.pop(name, None)
+        cache = self.store(name)
         todo = cache.missing(keys)
-        for start in range(0, len(todo), self.shard_size):
-            chunk = todo[start : start + self.shard_size]
+        r.barrier()
+        chunks = [todo[start : start + self.shard_size] for start in range(0, len(todo), self.shard_size)]
+        # each rank embeds every world-th chunk of what one process would: the same batches, the same vectors
+        for chunk in chunks[r.rank :: r.world]:
             if mode != "disc" and (gen.temperature or 0) > 0:
                 seed = hashlib.sha256(
                     f"{gen.sample}:{chunk[0]}".encode()
@@ -226,6 +234,13 @@ class CachedEncoder:
                 info = [_info(out, i, mode) for i in range(len(chunk))]
             cache.add(chunk, out.vectors, info)
         self.embedded_now += len(todo)
+        if r.world > 1 and todo:  # every rank's shards are written: read them all
+            r.barrier()
+            self._stores.pop(name)
+            cache = self.store(name)
+            lost = cache.missing(keys)
+            if lost:
+                raise InputError(f"{len(lost)} items another rank embedded are not in the cache {cache.dir}")
         return cache
 
     def samples(

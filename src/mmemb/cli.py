@@ -352,6 +352,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def embed_sharded(args: argparse.Namespace) -> int:
     """`mmemb embed --out FOLDER`: streamed input, shards of --shard-size items, resumable; under torchrun
     each rank embeds its own shards (shards.py)."""
+    from .distributed import from_env
     from .embedder import Embedder, load_args
     from .io import check_outputs
     from .shards import MANIFEST, check_folder, embed_shards, run_manifest, scan_input, shard_ok
@@ -362,30 +363,27 @@ def embed_sharded(args: argparse.Namespace) -> int:
     check_outputs([out / MANIFEST], [args.input])  # before the model loads
     check_folder(out)
     scanned = scan_input(args.input)  # every line validated, streamed; nothing written yet
-    rank, world, local = (
-        int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))
-    )
     quiet_libraries()
-    import torch
-
-    device, barrier = None, lambda: None
-    if world > 1:  # torchrun (or accelerate launch): its rendezvous gives every rank its place
-        import torch.distributed as dist
-
-        if torch.cuda.is_available():
-            device = f"cuda:{local}"
-            torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if device else "gloo")
-        barrier = dist.barrier
-    embedder = Embedder.from_pretrained(args.model, device=device, **load_args(args))
+    ranks = from_env()  # torchrun: this rank's place (and its process group)
+    rank, world = ranks.rank, ranks.world
+    embedder = Embedder.from_pretrained(args.model, device=ranks.device, **load_args(args))
     manifest = run_manifest(embedder, args.model, args.mode, args.input, scanned, args.shard_size)
     stats = embed_shards(
-        embedder, args.input, out, manifest, args.mode, args.batch_size, rank, world, args.quiet, barrier
+        embedder,
+        args.input,
+        out,
+        manifest,
+        args.mode,
+        args.batch_size,
+        rank,
+        world,
+        args.quiet,
+        ranks.barrier,
     )
     rate = stats["items_embedded"] / stats["seconds"] if stats["seconds"] else 0.0
     print(f"mmemb embed [rank {rank}/{world}]: {stats['items_embedded']} items in {stats['seconds']:.1f} s "
           f"({rate:.1f} items/s), {stats['shards_embedded']} shards written, {stats['shards_kept']} kept", file=sys.stderr)  # fmt: skip
-    barrier()  # every rank's shards are written
+    ranks.barrier()  # every rank's shards are written
     if rank == 0:
         bad = [k for k in range(manifest["shards"]) if not shard_ok(out, k, args.mode != "disc")]
         if bad:
@@ -394,8 +392,7 @@ def embed_sharded(args: argparse.Namespace) -> int:
             )
         print(f"mmemb embed: {manifest['items']} items -> {out} ({manifest['shards']} shards of "
               f"{manifest['shard_size']}, {manifest['dim']}-d, {args.mode})", file=sys.stderr)  # fmt: skip
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    ranks.close()
     return 0
 
 
@@ -422,6 +419,7 @@ def eval_config(args: argparse.Namespace):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .config import save_tree
+    from .distributed import from_env
     from .embedder import Embedder, load_args
     from .eval.evaluate import evaluate
     from .eval.runner import EvalSettings
@@ -438,8 +436,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         allow_any_mode_pair=r.allow_any_mode_pair,
         progress=not args.quiet,
     )
+    ranks = from_env()  # torchrun: each rank embeds a slice, rank 0 writes the outputs
+    if ranks.world > 1 or load_args(m):
+        model = Embedder.from_pretrained(m.name, device=ranks.device, **load_args(m))
+    else:
+        model = m.name
     result = evaluate(
-        Embedder.from_pretrained(m.name, **load_args(m)) if load_args(m) else m.name,
+        model,
         d.tasks,
         out,
         settings,
@@ -450,7 +453,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         temperature=r.temperature,
         cache_root=Path(r.cache) if r.cache else None,
         limit=d.limit or None,
+        ranks=ranks,
+        name=m.name,
     )
+    ranks.close()
+    if ranks.rank != 0:
+        return 0
     save_tree(cfg, out / "eval_config.yaml")  # the resolved settings: `--config` reruns them
     print(result["report"])
     for run, per_task in result["analysis"].items():

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..data import hub, mmeb_v2
 from ..data.registry import MMEB_V2, DatasetInfo, suite
 from ..data.tasks import Task, TaskError, load_task
+from ..distributed import ONE, Ranks
 from ..embedder import Embedder
 from ..io import atomic_json, atomic_write
 from ..paths import MINI_SEED, embeddings_dir, mini_root, pages_dir
@@ -134,11 +135,17 @@ def evaluate(
     temperature: float = 0.7,
     cache_root: Path | None = None,
     limit: int | None = None,
+    ranks: Ranks = ONE,
+    name: str | None = None,
 ) -> dict:
-    """Run every requested evaluation; returns {"runs": {run: {task: TaskResult}}, "errors": {...}, ...}."""
+    """Run every requested evaluation; returns {"runs": {run: {task: TaskResult}}, "errors": {...}, ...}.
+    ranks: under torchrun, each rank embeds a disjoint slice of every task's missing items into the shared
+    cache (cache.CachedEncoder), every rank scores, and rank 0 alone writes `out` (the others return None
+    for "out"). name: the model's name in the outputs (default: `model` when it is a name)."""
     started = time.perf_counter()
     st = resolve(tasks, data_root, hub_cache)
     embedder = Embedder.from_pretrained(model) if isinstance(model, (str, Path)) else model
+    name = name or str(model)
     if not settings.tgt_mode:
         settings = replace(settings, tgt_mode=default_target_mode(settings.qry_mode, embedder.profile.modes))
     runs = run_specs(settings, list(analyses), samples, temperature)
@@ -180,12 +187,14 @@ def evaluate(
             f"--hub-cache {st.where.hub_cache}"
         )
     results: dict[str, dict[str, TaskResult]] = {}
-    out.mkdir(parents=True, exist_ok=True)
+    writes = ranks.rank == 0
+    if writes:
+        out.mkdir(parents=True, exist_ok=True)
     for run, s in runs.items():
         results[run] = {}
         for name, task in loaded.items():
             try:
-                r = evaluate_task(task, embedder, s, cache_root, fingerprint)
+                r = evaluate_task(task, embedder, s, cache_root, fingerprint, ranks)
             except InputError as e:
                 errors[name] = str(e)
                 print(f"mmemb eval: {name}: failed: {e}", file=sys.stderr)
@@ -197,9 +206,11 @@ def evaluate(
                 f"embedded now {r.embedded_now}  {r.seconds:.1f}s",
                 file=sys.stderr,
             )
+        if not writes:
+            continue
         write_scores(
             out / f"scores.{run}.json",
-            str(model),
+            name,
             st.name,
             {n: r.metrics for n, r in results[run].items()},
             st.tasks_json,
@@ -214,11 +225,14 @@ def evaluate(
         )
         _write_jsonl(out / f"per_query.{run}.jsonl", [q for r in results[run].values() for q in r.per_query])
     summary = _analysis(results, analyses, samples, st)
+    if not writes:
+        return {"runs": results, "errors": errors, "missing": missing, "analysis": summary, "report": "",
+                "out": None, "seconds": time.perf_counter() - started}  # fmt: skip
     atomic_json(out / "analysis.json", summary)
     atomic_json(out / "errors.json", errors)
     report = format_report([summarize(load_scores(out / f"scores.{run}.json")) for run in runs])
     atomic_write(out / "report.txt", report + "\n")
-    plot_meta_tasks(_meta_table(summary, st), out / "plot.png", f"{model} on {st.name}")
+    plot_meta_tasks(_meta_table(summary, st), out / "plot.png", f"{name} on {st.name}")
     return {
         "runs": results,
         "errors": errors,

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..cache import CachedEncoder, Generation
 from ..data.tasks import Task
+from ..distributed import ONE, Ranks
 from ..embedder import Embedder
 from ..types import MODES, InputError, mode_space
 from .metrics import aggregate, query_metrics
@@ -91,10 +92,15 @@ def rank_task(task: Task, q: dict[str, np.ndarray], c: dict[str, np.ndarray]) ->
 
 
 def evaluate_task(
-    task: Task, embedder: Embedder, s: EvalSettings, cache_root: Path, fingerprint: str
+    task: Task,
+    embedder: Embedder,
+    s: EvalSettings,
+    cache_root: Path,
+    fingerprint: str,
+    ranks: Ranks = ONE,
 ) -> TaskResult:
     t0 = time.perf_counter()
-    enc = CachedEncoder(embedder, cache_root, s.batch_size, s.shard_size, s.progress, fingerprint)
+    enc = CachedEncoder(embedder, cache_root, s.batch_size, s.shard_size, s.progress, fingerprint, ranks)
     cand = task.candidate_keys()
     qcache = enc.encode(task.items, task.queries, s.qry_mode, s.gen)
     tcache = enc.encode(task.items, cand, s.tgt_mode, s.gen)
