@@ -295,3 +295,23 @@ def test_eval_scores_are_identical_with_one_and_two_torchrun_ranks(tmp_path):
         )
     assert runs[1][0] == runs[2][0] and runs[1][1] == runs[2][1]
     assert len(runs[2][2]) == len(set(runs[2][2])) == len(runs[1][2])  # each item embedded once
+
+
+def test_an_index_of_a_media_folder_finds_each_image_by_itself(use_nano, tmp_path, capsys):
+    media = tmp_path / "photos"
+    (media / "trip").mkdir(parents=True)
+    write_image(media / "a.png", seed=1)
+    write_image(media / "trip" / "b.jpg", seed=2)
+    write_image(media / "trip" / "c.png", size=(80, 30), seed=3)
+    (media / "notes.txt").write_text("not an image")
+    idx = tmp_path / "photos.index"
+    args = ["index", "build", "--media", str(media), "--out", str(idx), "--shard-size", "2", "--quiet"]
+    assert main(args) == 0
+    assert main(args) == 0  # again: the shards are kept, the index rebuilt
+    assert "0 shards written, 2 kept" in capsys.readouterr().err
+    _, ids, manifest = read_shards(tmp_path / "photos.index.shards")
+    assert ids == ["a.png", "trip/b.jpg", "trip/c.png"] and manifest["mode"] == "disc"
+    assert main(["search", "--index", str(idx), "--image", str(media / "trip" / "c.png"), "--k", "1"]) == 0
+    assert capsys.readouterr().out.split("\t")[2].strip() == "trip/c.png"
+    assert main(["index", "build", "--media", str(tmp_path / "none"), "--out", str(idx)]) == 2
+    assert "not a folder" in capsys.readouterr().err

@@ -145,9 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help=COMMANDS["index"], description=COMMANDS["index"])
     isub = p.add_subparsers(dest="index_command", metavar="INDEX_COMMAND", required=True)
     b = isub.add_parser("build", help="index a shard folder written by `mmemb embed --out FOLDER`")
-    b.add_argument("--shards", type=Path, required=True, help="the shard folder")
+    src = b.add_mutually_exclusive_group(required=True)
+    src.add_argument("--shards", type=Path, help="a shard folder written by `mmemb embed --out FOLDER`")
+    src.add_argument("--media", type=Path, help="a folder of images: embedded first (into OUT.shards/, "
+                     "resumable; the listing in OUT.items.jsonl), then indexed")  # fmt: skip
     b.add_argument("--out", type=Path, required=True, help="the index folder to write")
     b.add_argument("--kind", default="flat", choices=("flat", "hnsw"), help="flat: exact; hnsw: approximate")
+    _model_args(b)
+    b.add_argument("--mode", default="disc", choices=MODES, help="--media: the mode to embed the images in")
+    b.add_argument("--batch-size", type=int, default=8)
+    b.add_argument("--shard-size", type=int, default=10_000)
+    b.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("search", help=COMMANDS["search"], description=COMMANDS["search"])
     p.add_argument("--index", type=Path, required=True)
@@ -318,11 +326,27 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from .index import build
-    from .io import check_outputs
+    from .io import atomic_write, check_outputs
 
-    check_outputs([args.out / "meta.json"], [args.shards])
+    check_outputs([args.out / "meta.json"], [args.shards or args.media])
+    if args.media is not None:  # embed the folder's images into shards beside the index, then index them
+        if not args.media.is_dir():
+            raise InputError(f"--media {args.media}: not a folder")
+        files = sorted(p for p in args.media.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise InputError(f"--media {args.media}: no images ({', '.join(IMAGE_SUFFIXES)}) under it")
+        items = args.out.with_name(args.out.name + ".items.jsonl")
+        rows = [{"id": str(p.relative_to(args.media)), "image": str(p.resolve())} for p in files]
+        atomic_write(items, "".join(json.dumps(r) + "\n" for r in rows))
+        args.input, args.shards = items, args.out.with_name(args.out.name + ".shards")
+        embed_sharded(argparse.Namespace(**vars(args) | {"out": args.shards}))
+        if int(os.environ.get("RANK", "0")) != 0:
+            return 0  # rank 0 builds the index
     meta = build(args.shards, args.out, args.kind)
     print(f"mmemb index: {meta['rows']} vectors ({meta['dim']}-d, {meta['mode']}) -> {args.out} ({args.kind})", file=sys.stderr)  # fmt: skip
     return 0
