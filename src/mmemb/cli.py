@@ -392,18 +392,7 @@ def embed_sharded(args: argparse.Namespace) -> int:
     rank, world = ranks.rank, ranks.world
     embedder = Embedder.from_pretrained(args.model, device=ranks.device, **load_args(args))
     manifest = run_manifest(embedder, args.model, args.mode, args.input, scanned, args.shard_size)
-    stats = embed_shards(
-        embedder,
-        args.input,
-        out,
-        manifest,
-        args.mode,
-        args.batch_size,
-        rank,
-        world,
-        args.quiet,
-        ranks.barrier,
-    )
+    stats = embed_shards(embedder, args.input, out, manifest, args.mode, args.batch_size, ranks, args.quiet)
     rate = stats["items_embedded"] / stats["seconds"] if stats["seconds"] else 0.0
     print(f"mmemb embed [rank {rank}/{world}]: {stats['items_embedded']} items in {stats['seconds']:.1f} s "
           f"({rate:.1f} items/s), {stats['shards_embedded']} shards written, {stats['shards_kept']} kept", file=sys.stderr)  # fmt: skip

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .distributed import ONE, Ranks
 from .io import atomic_files, atomic_json
 from .items import iter_items
 from .types import InputError, Sample
@@ -184,18 +185,15 @@ def embed_shards(
     manifest: dict,
     mode: str,
     batch_size: int,
-    rank: int = 0,
-    world: int = 1,
+    ranks: Ranks = ONE,
     quiet: bool = False,
-    barrier=lambda: None,
 ) -> dict:
     """Embed this rank's shards that are not yet complete. `manifest` (from `run_manifest`) is written or
-    checked first; `barrier()` syncs the ranks (torch.distributed's under torchrun). Returns this rank's
-    counts: shards and items embedded now, shards kept, seconds."""
+    checked first. Returns this rank's counts: shards and items embedded now, shards kept, seconds."""
     size, total = manifest["shard_size"], manifest["items"]
-    generating = mode != "disc"
+    generating, rank, world = mode != "disc", ranks.rank, ranks.world
     open_output(out, manifest, rank)
-    barrier()  # every rank sees the manifest before it writes a shard
+    ranks.barrier()  # every rank sees the manifest before it writes a shard
     mine = [k for k in range(manifest["shards"]) if k % world == rank]
     todo = {k for k in mine if not shard_ok(out, k, generating)}
     todo_items = sum(min(size, total - k * size) for k in todo)
