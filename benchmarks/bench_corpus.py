@@ -1,11 +1,12 @@
 """Corpus-scale `mmemb embed` (issue 22): items/s with 1 and 2 processes, and memory over a long run.
 
-    python benchmarks/bench_corpus.py [--model nano-r1] [--repeat 10]
+    python benchmarks/bench_corpus.py [--model nano-r1] [--rank-shard-size 100] [--repeat 10] [--shard-size 500]
 
 The corpus is mmeb-mini's real unique test items (queries and candidates of its nine tasks: text, images,
 frames, pages), written as `mmemb embed` JSONL with their media paths.
 1. throughput: the 1x corpus embedded (disc) by one process and by `torchrun --nproc_per_node 2` (gloo,
-   one thread each), side by side; items/s of each and the ratio. This CPU has 2 cores, so the ideal is
+   one thread each), side by side, in shards of --rank-shard-size (the ranks take them as they free up);
+   items/s of each, the ratio, and each rank's share. This CPU has 2 cores, so the ideal is
    about 1x: one process already uses both (two threads). On a GPU node each rank has its own GPU and the
    ratio approaches the number of GPUs.
 2. memory: the corpus repeated --repeat times (new ids) embedded by one process into shards while its RSS
@@ -100,7 +101,8 @@ def run(cmd: list[str], items: int, out: Path) -> dict:
 def main() -> None:
     ap = bench_parser(__doc__, "corpus", model="nano-r1")
     ap.add_argument("--repeat", type=int, default=10)
-    ap.add_argument("--shard-size", type=int, default=500)
+    ap.add_argument("--rank-shard-size", type=int, default=100, help="shard size of the throughput runs")
+    ap.add_argument("--shard-size", type=int, default=500, help="shard size of the memory run")
     args = ap.parse_args()
     rows = corpus_rows()
     res: dict = {"model": args.model, "corpus_items": len(rows)}
@@ -108,7 +110,7 @@ def main() -> None:
         tmp = Path(tmp)
         src = write(tmp / "corpus.jsonl", rows)
         embed = ["-m", "mmemb.cli", "embed", "--model", args.model, "--input", str(src), "--shard-size",
-                 str(args.shard_size), "--quiet"]  # fmt: skip
+                 str(args.rank_shard_size), "--quiet"]  # fmt: skip
         one = run([sys.executable, *embed, "--out", str(tmp / "one")], len(rows), tmp / "one")
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
         two = run([*torchrun, *embed, "--out", str(tmp / "two")], len(rows), tmp / "two")
@@ -118,6 +120,7 @@ def main() -> None:
             "ratio_two_over_one": round(one["seconds"] / two["seconds"], 3),
             "seconds": {"one": one["seconds"], "two": two["seconds"]},
             "per_rank": [line for line in two["log"].splitlines() if "items in" in line],
+            "shard_size": args.rank_shard_size,
             "note": "wall time including model load (~5 s per process)",
         }
         big = write(tmp / "big.jsonl", rows, args.repeat)

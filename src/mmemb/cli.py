@@ -389,16 +389,16 @@ def embed_sharded(args: argparse.Namespace) -> int:
     stats = embed_shards(embedder, args.input, out, manifest, args.mode, args.batch_size, ranks, args.quiet)
     rate = stats["items_embedded"] / stats["seconds"] if stats["seconds"] else 0.0
     print(f"mmemb embed [rank {rank}/{world}]: {stats['items_embedded']} items in {stats['seconds']:.1f} s "
-          f"({rate:.1f} items/s), {stats['shards_embedded']} shards written, {stats['shards_kept']} kept", file=sys.stderr)  # fmt: skip
-    ranks.barrier()  # every rank's shards are written
-    if rank == 0:
+          f"({rate:.1f} items/s), {stats['shards_embedded']} shards written", file=sys.stderr)  # fmt: skip
+    if rank == 0:  # every rank's shards are written (embed_shards ends at a barrier)
         bad = [k for k in range(manifest["shards"]) if not shard_ok(out, k, args.mode != "disc")]
         if bad:
             raise InputError(
                 f"--out {out}: shards {bad} did not complete; rerun the same command to finish them"
             )
         print(f"mmemb embed: {manifest['items']} items -> {out} ({manifest['shards']} shards of "
-              f"{manifest['shard_size']}, {manifest['dim']}-d, {args.mode})", file=sys.stderr)  # fmt: skip
+              f"{manifest['shard_size']}, {stats['shards_kept']} kept from an earlier run, {manifest['dim']}-d, "
+              f"{args.mode})", file=sys.stderr)  # fmt: skip
     ranks.close()
     return 0
 

@@ -10,7 +10,9 @@ Shard k holds input items [k*S, (k+1)*S). Plain `.npy` + JSON, not Parquet: nump
 a shard with no extra dependency, vectors stay one contiguous float32 block as FAISS and numpy want them,
 and the ids and texts stay readable with `json`. A shard counts as written only when its done file exists
 and every hash matches; after a kill -9 the finished shards are kept and a torn one is redone. Under torchrun
-rank r embeds the shards k with k % world_size == r, so one process and N processes write the same files.
+the ranks take pending shards as they free up: a rank claims shard k by creating OUT/.claim-k exclusively
+(atomic, on a shared filesystem too), so a fast rank does more shards than a slow one and no shard is done
+twice. A shard's content depends only on k, so one process and N processes write the same files.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -70,8 +73,14 @@ def scan_input(path: Path) -> tuple[int, str]:
 
 
 def check_folder(out: Path) -> None:
-    """A folder --out must be new, empty, or a shard folder (one with a manifest): refuse anything else."""
-    if out.exists() and not (out / MANIFEST).exists() and (not out.is_dir() or any(out.iterdir())):
+    """A folder --out must be new, empty, or a shard folder (one with a manifest): refuse anything else.
+    Rank 0's manifest being staged (io.atomic_json's .manifest.json.*.tmp) or just written counts as empty."""
+    ours = lambda name: name == MANIFEST or name.startswith(f".{MANIFEST}.")  # noqa: E731
+    if (
+        out.exists()
+        and not (out / MANIFEST).exists()
+        and (not out.is_dir() or any(not ours(p.name) for p in out.iterdir()))
+    ):
         raise InputError(
             f"--out {out}: exists and is not a shard folder of `mmemb embed`; give another --out"
         )
@@ -96,7 +105,8 @@ def open_output(out: Path, manifest: dict, rank: int) -> None:
                 f"--out {out} holds embeddings of another run (it differs in {', '.join(differ)}); give "
                 "another --out, or remove that folder to start over"
             )
-        if rank == 0:  # a run killed mid-write left its staging files (io.atomic_files): not output
+        if rank == 0:  # a killed run left staging files (io.atomic_files) and claims: not output
+            remove_claims(out)
             for tmp in out.glob(".shard-*.tmp"):
                 tmp.unlink(missing_ok=True)
         return
@@ -105,9 +115,24 @@ def open_output(out: Path, manifest: dict, rank: int) -> None:
         atomic_json(path, manifest)
 
 
+def claim(out: Path, k: int) -> bool:
+    """Take shard k for this rank: True for the one rank whose exclusive create of its claim file succeeds."""
+    try:
+        os.close(os.open(out / f".claim-{k:05d}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def remove_claims(out: Path) -> None:
+    for path in out.glob(".claim-*"):
+        path.unlink(missing_ok=True)
+
+
 @dataclass
 class Progress:
-    """Items/s and ETA of this rank, on stderr: one line a finished shard (unless quiet)."""
+    """Items/s of this rank and the run's ETA, on stderr: one line a finished shard (unless quiet).
+    `total` is what the run embeds (all ranks); the ETA assumes the other ranks go as fast as this one."""
 
     total: int
     rank: int
@@ -116,16 +141,18 @@ class Progress:
     done: int = 0
     started: float = field(default_factory=time.perf_counter)
 
-    def update(self, n: int) -> None:
+    def update(self, n: int, claimed: int) -> None:
+        """This rank finished n more items; `claimed`: items of the shards all ranks have taken so far."""
         self.done += n
         if self.quiet:
             return
         seconds = time.perf_counter() - self.started
         rate = self.done / seconds if seconds > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        left = max(self.total - claimed, 0)  # what no rank has taken yet (shards in flight not counted)
+        eta = left / (rate * self.world) if rate > 0 else float("nan")
         print(
-            f"mmemb embed [rank {self.rank}/{self.world}]: {self.done}/{self.total} items, "
-            f"{rate:.1f} items/s, ETA {eta:.0f} s",
+            f"mmemb embed [rank {self.rank}/{self.world}]: {self.done} items, {rate:.1f} items/s; "
+            f"all ranks: {min(claimed, self.total)}/{self.total} items taken, ETA ~{eta:.0f} s",
             file=sys.stderr,
             flush=True,
         )
@@ -177,29 +204,38 @@ def embed_shards(
     ranks: Ranks = ONE,
     quiet: bool = False,
 ) -> dict:
-    """Embed this rank's shards that are not yet complete. `manifest` (from `run_manifest`) is written or
-    checked first. Returns this rank's counts: shards and items embedded now, shards kept, seconds."""
+    """Embed the shards that are not yet complete, sharing them with the other ranks (each takes the next
+    pending shard it can claim). `manifest` (from `run_manifest`) is written or checked first. Returns this
+    rank's counts (shards and items embedded, seconds) and the shards kept from an earlier run (all ranks)."""
     size, total = manifest["shard_size"], manifest["items"]
     generating, rank, world = mode != "disc", ranks.rank, ranks.world
     open_output(out, manifest, rank)
-    ranks.barrier()  # every rank sees the manifest before it writes a shard
-    mine = [k for k in range(manifest["shards"]) if k % world == rank]
-    todo = {k for k in mine if not shard_ok(out, k, generating)}
-    todo_items = sum(min(size, total - k * size) for k in todo)
-    progress = Progress(todo_items, rank, world, quiet)
-    t0 = time.perf_counter()
+    todo = {k for k in range(manifest["shards"]) if not shard_ok(out, k, generating)}
+    ranks.barrier()  # every rank sees the manifest, no stale claim and the same todo before it claims
+
+    def rows(k: int) -> int:
+        return min(size, total - k * size)
+
+    progress = Progress(sum(rows(k) for k in todo), rank, world, quiet)
+    t0, written, items = time.perf_counter(), 0, 0
     for k, samples in chunks(input_path, size):
-        if k not in todo:
+        if k not in todo or not claim(out, k):
             continue
         try:
             result = embedder.encode(samples, mode=mode, batch_size=batch_size)
         except InputError as e:
             raise InputError(f"{input_path}: {e}") from None
         write_shard(out, k, samples, result, mode)
-        progress.update(len(samples))
+        written, items = written + 1, items + len(samples)
+        progress.update(
+            len(samples), sum(rows(int(p.name.removeprefix(".claim-"))) for p in out.glob(".claim-*"))
+        )
     seconds = time.perf_counter() - t0
-    return {"rank": rank, "shards_embedded": len(todo), "shards_kept": len(mine) - len(todo),
-            "items_embedded": todo_items, "seconds": round(seconds, 2)}  # fmt: skip
+    ranks.barrier()  # every rank is done claiming
+    if rank == 0:
+        remove_claims(out)
+    return {"rank": rank, "shards_embedded": written, "shards_kept": manifest["shards"] - len(todo),
+            "items_embedded": items, "seconds": round(seconds, 2)}  # fmt: skip
 
 
 def run_manifest(
