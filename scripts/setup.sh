@@ -26,7 +26,7 @@ fi
 pip_q() { pip install -q --disable-pip-version-check "$@"; }
 # torch first and exact: this CPU build lies on disk here; a looser pin would pull a multi-GB CUDA build.
 python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null || pip_q torch==2.13.0
-pip_q -e ".[dev,train,serve,index]"
+pip_q -e ".[dev,train,serve,index,mteb]"
 # DeepSpeed (run.strategy=deepspeed) is a source package that builds against the installed torch: without
 # --no-build-isolation pip would fetch another torch just to build it. Its CUDA ops compile on first use.
 python -c "import importlib.util as u, sys; sys.exit(u.find_spec('deepspeed') is None)" \
