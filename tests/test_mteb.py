@@ -101,3 +101,17 @@ def test_rows_become_samples_and_what_mmemb_cannot_embed_is_refused(nano, tmp_pa
     meta = encoder.mteb_model_meta
     assert meta.embed_dim == 576 and meta.n_parameters == sum(p.numel() for p in nano.backbone.parameters())
     assert meta.similarity_fn_name.value == "cosine" and meta.use_instructions
+
+
+def test_a_model_meta_loads_its_encoder_again(tmp_path):
+    """The meta rebuilds its encoder as mteb's `ModelMeta.load_model()` does (`loader(name, revision=...,
+    **loader_kwargs)`; load_model itself first insists on mteb's image and video extras, torchvision and
+    torchcodec, which mmemb does not use and which are not installed here)."""
+    from mmemb.mteb_encoder import MMEmbEncoder
+
+    first = MMEmbEncoder("nano-r1", query_mode="disc", cache_root=tmp_path)
+    meta = first.mteb_model_meta
+    assert meta.name == "mmemb/nano-r1" and meta.revision == first.model.fingerprint()[:12]
+    again = meta.loader(meta.name, revision=meta.revision, **meta.loader_kwargs, cache_root=tmp_path)
+    assert (again.query_mode, again.corpus_mode) == ("disc", "disc")
+    assert again.model.fingerprint() == first.model.fingerprint()

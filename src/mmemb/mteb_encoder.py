@@ -71,20 +71,25 @@ class MMEmbEncoder(AbsEncoder):
         cache_root: Path | None = None,
         **load: Any,
     ) -> None:
+        source = None
         if isinstance(model, Embedder):
             self.model, name = model, "mmemb/custom"
         else:
-            self.model = Embedder.from_pretrained(model, device=device, **load)
-            name = (
-                str(model) if "/" in str(model) and not Path(model).exists() else f"mmemb/{Path(model).name}"
-            )
+            # mteb's ModelMeta.load_model calls loader(meta.name, ...): "mmemb/nano-r1" is the shipped nano-r1
+            source = str(model).removeprefix("mmemb/") if str(model).startswith("mmemb/") else str(model)
+            self.model = Embedder.from_pretrained(load.pop("source", source), device=device, **load)
+            local = "/" not in source or Path(source).exists()
+            name = f"mmemb/{Path(source).name}" if local else source
         self.query_mode, self.corpus_mode = default_modes(self.model, query_mode, corpus_mode)
         self.settings = EvalSettings(batch_size=batch_size)
         self.cache = CachedEncoder(
             self.model, cache_root or embeddings_dir(), batch_size, self.settings.shard_size, False,
             self.model.fingerprint(),
         )  # fmt: skip
-        self.mteb_model_meta = model_meta(self.model, name, revision)
+        modes = {"query_mode": self.query_mode, "corpus_mode": self.corpus_mode}
+        self.mteb_model_meta = model_meta(
+            self.model, name, revision, modes | {"source": source} if source else modes
+        )
 
     def instruction(self, task_metadata, prompt_type: PromptType | None) -> str | None:
         """The task's prompt for this side: a per-side prompt dict is read as is (a side without a prompt has
@@ -196,13 +201,19 @@ def video_frames(video, stem: Path, where: str) -> list[Path]:
     return paths
 
 
-def model_meta(embedder: Embedder, name: str = "mmemb/nano-r1", revision: str | None = None) -> ModelMeta:
-    """mteb's ModelMeta of an mmemb model (what mteb's results and leaderboard record)."""
+def model_meta(
+    embedder: Embedder,
+    name: str = "mmemb/nano-r1",
+    revision: str | None = None,
+    loader_kwargs: dict | None = None,
+) -> ModelMeta:
+    """mteb's ModelMeta of an mmemb model (what mteb's results and leaderboard record). `meta.load_model()`
+    rebuilds the encoder: loader_kwargs carry the modes and where the model came from."""
     backbone = embedder.backbone
     params = sum(p.numel() for p in backbone.parameters())
     return ModelMeta(
         loader=MMEmbEncoder,
-        loader_kwargs={},
+        loader_kwargs=loader_kwargs or {},
         name=name,
         revision=revision or embedder.fingerprint()[:12],
         release_date=None,
