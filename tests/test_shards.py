@@ -174,7 +174,7 @@ class FakeEmbedder:
     def __init__(self, delay: float):
         self.delay = delay
 
-    def encode(self, samples, mode, batch_size):
+    def encode(self, samples, mode, batch_size, dimensions=None):
         time.sleep(self.delay)
         vectors = np.array([[float(s.id[1:]), 1.0] for s in samples], np.float32)
         return type("Result", (), {"vectors": vectors})

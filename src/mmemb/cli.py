@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--shard-size", type=int, default=10_000, help="items per output shard (folder --out)")
+    p.add_argument("--dimensions", type=int, help="Matryoshka: keep the first N entries of each vector, "
+                   "renormalised (only for a model trained with loss.matryoshka_dims at N)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
                    help="compute dtype (default: the model's saved setting, auto = bf16 where the hardware has it)")  # fmt: skip
@@ -114,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="sampling temperature for pass@k (default 0.7)")
     p.add_argument("--max-new-tokens", type=int, help="gen: override the model's max_new_tokens")
     p.add_argument("--batch-size", type=int, help="items per model batch (default 16)")
+    p.add_argument("--dimensions", type=int, help="Matryoshka: score at this width (a model trained with "
+                   "loss.matryoshka_dims; the cache keeps full vectors, so every width reuses one embedding pass)")  # fmt: skip
     p.add_argument("--limit", type=int, help="first N queries per task (smoke runs)")
     p.add_argument("--cache", type=Path, help="embedding cache folder (default ~/.cache/mmemb/embeddings)")
     p.add_argument("--quiet", action="store_true")
@@ -301,7 +305,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     quiet_libraries()
     embedder = Embedder.from_pretrained(args.model, **load_args(args))
     try:
-        result = embedder.encode(samples, mode=args.mode, batch_size=args.batch_size, progress=not args.quiet)
+        result = embedder.encode(samples, mode=args.mode, batch_size=args.batch_size, progress=not args.quiet,
+                                 dimensions=args.dimensions)  # fmt: skip
     except InputError as e:
         raise InputError(f"{args.input}: {e}") from None
     files = {
@@ -361,7 +366,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     embedder = Embedder.from_pretrained(args.model or index.meta["model"])
     index.check(embedder, mode)
     query = Sample(id="query", text=args.query, image=args.image, instruction=args.instruction)
-    vec = embedder.encode([query], mode=mode).vectors  # (1, D)
+    vec = embedder.encode(
+        [query], mode=mode, dimensions=index.meta["dim"]
+    ).vectors  # (1, D): the index's width
     for rank, (item, score) in enumerate(index.search(vec, args.k)[0], start=1):
         print(f"{rank}\t{score:.4f}\t{item}")
     return 0
@@ -385,8 +392,11 @@ def embed_sharded(args: argparse.Namespace) -> int:
     ranks = from_env()  # torchrun: this rank's place (and its process group)
     rank, world = ranks.rank, ranks.world
     embedder = Embedder.from_pretrained(args.model, device=ranks.device, **load_args(args))
-    manifest = run_manifest(embedder, args.model, args.mode, args.input, scanned, args.shard_size)
-    stats = embed_shards(embedder, args.input, out, manifest, args.mode, args.batch_size, ranks, args.quiet)
+    dims = getattr(args, "dimensions", None)  # index build --media embeds at the full width
+    manifest = run_manifest(embedder, args.model, args.mode, args.input, scanned, args.shard_size, dims)
+    stats = embed_shards(
+        embedder, args.input, out, manifest, args.mode, args.batch_size, ranks, args.quiet, dims
+    )
     rate = stats["items_embedded"] / stats["seconds"] if stats["seconds"] else 0.0
     print(f"mmemb embed [rank {rank}/{world}]: {stats['items_embedded']} items in {stats['seconds']:.1f} s "
           f"({rate:.1f} items/s), {stats['shards_embedded']} shards written", file=sys.stderr)  # fmt: skip
@@ -410,7 +420,7 @@ EVAL_FLAGS = {
     "--qry-mode": "run.qry_mode", "--tgt-mode": "run.tgt_mode", "--batch-size": "run.batch_size",
     "--max-new-tokens": "run.max_new_tokens", "--analysis": "run.analysis", "--samples": "run.samples",
     "--temperature": "run.temperature", "--allow-any-mode-pair": "run.allow_any_mode_pair", "--out": "run.out",
-    "--cache": "run.cache",
+    "--cache": "run.cache", "--dimensions": "run.dimensions",
 }  # fmt: skip
 
 
@@ -442,6 +452,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_new_tokens=r.max_new_tokens or None,
         allow_any_mode_pair=r.allow_any_mode_pair,
         progress=not args.quiet,
+        dimensions=r.dimensions or None,
     )
     ranks = from_env()  # torchrun: each rank embeds a slice, rank 0 writes the outputs
     if ranks.world > 1 or load_args(m):

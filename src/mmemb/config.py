@@ -168,6 +168,11 @@ class EmbedderConfig:
         "token", "Where vectors are read: 'token' = last-layer state at <disc_emb> / <gen_emb>."
     )
     normalize: bool = setting(True, "L2-normalise vectors.")
+    matryoshka_dims: list = setting(
+        [],
+        "Widths below the full one that stage 1 trained as nested prefixes (loss.matryoshka_dims): `dimensions` "
+        "may ask for these (the prefix, renormalised). Empty: full-width vectors only.",
+    )
     valid_mode_pairs: list = setting(
         [["disc", "disc"], ["gen", "gen"]],
         "Query/target pairs of vector spaces that are comparable: 'disc' (disc mode) and 'gen' (gen, think, "

@@ -54,6 +54,12 @@ def load_args(settings) -> dict:
     return out
 
 
+def truncate(vectors: np.ndarray, d: int) -> np.ndarray:
+    """(N, D) -> (N, d): the first d entries of each vector, L2-renormalised (Matryoshka)."""
+    head = vectors[..., :d]
+    return (head / np.maximum(np.linalg.norm(head, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 MAX_BATCH_TOKENS = 4096  # padded text tokens in one forward (`Embedder.fit`)
 MAX_BATCH_IMAGES = 64  # images in one forward
 
@@ -227,6 +233,8 @@ class Embedder:
             config["generation"].pop("guard", None)  # off: the fingerprints of models saved before it
         if config["profile"] == profiles.DEFAULT:
             config.pop("profile")  # likewise: models saved before profiles existed
+        if not config.get("matryoshka_dims"):
+            config.pop("matryoshka_dims", None)  # likewise: models saved before Matryoshka training
         if not config["backbone"].get("base"):
             # no adapter base: likewise (a merged base is in the weights)
             config["backbone"].pop("base", None)
@@ -336,8 +344,49 @@ class Embedder:
         return bb.prepare(samples, texts, lock=self.tokenizer_lock)  # media decoded outside the lock
 
     # ---- encoding -----------------------------------------------------------------------------
+    @property
+    def width(self) -> int:
+        """D: the full width of the vectors."""
+        return int(self.backbone.input_embeddings().weight.shape[1])
+
+    def check_dimensions(self, dimensions: int | None) -> int | None:
+        """The width to truncate to: None (full width) for None or D; a width stage 1 trained as a
+        Matryoshka prefix; anything else is refused, saying why."""
+        if dimensions is None or dimensions == self.width:
+            return None
+        trained = list(self.config.matryoshka_dims)
+        if not trained:
+            raise InputError(
+                f"dimensions={dimensions}: this model gives {self.width}-d vectors only; it was not trained with "
+                "Matryoshka dimensions (loss.matryoshka_dims), so a prefix of its vectors is not a trained embedding"
+            )
+        if dimensions not in trained:
+            raise InputError(
+                f"dimensions={dimensions}: this model was trained at widths {trained} and {self.width}; give one of those"
+            )
+        return int(dimensions)
+
     @torch.no_grad()
     def encode(
+        self,
+        inputs: Iterable[Sample | str],
+        mode: str = "disc",
+        batch_size: int = 8,
+        progress: bool = False,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        completions: Sequence[str] | None = None,
+        dimensions: int | None = None,
+    ) -> Embeddings:
+        """`_encode` (below), then, with `dimensions` (a Matryoshka width the model was trained at), each
+        vector's first `dimensions` entries, renormalised."""
+        d = self.check_dimensions(dimensions)
+        out = self._encode(inputs, mode, batch_size, progress, max_new_tokens, temperature, completions)
+        if d is not None:
+            out.vectors = truncate(out.vectors, d)
+        return out
+
+    def _encode(
         self,
         inputs: Iterable[Sample | str],
         mode: str = "disc",

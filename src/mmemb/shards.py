@@ -203,6 +203,7 @@ def embed_shards(
     batch_size: int,
     ranks: Ranks = ONE,
     quiet: bool = False,
+    dimensions: int | None = None,
 ) -> dict:
     """Embed the shards that are not yet complete, sharing them with the other ranks (each takes the next
     pending shard it can claim). `manifest` (from `run_manifest`) is written or checked first. Returns this
@@ -222,7 +223,7 @@ def embed_shards(
         if k not in todo or not claim(out, k):
             continue
         try:
-            result = embedder.encode(samples, mode=mode, batch_size=batch_size)
+            result = embedder.encode(samples, mode=mode, batch_size=batch_size, dimensions=dimensions)
         except InputError as e:
             raise InputError(f"{input_path}: {e}") from None
         write_shard(out, k, samples, result, mode)
@@ -239,16 +240,23 @@ def embed_shards(
 
 
 def run_manifest(
-    embedder, model: str, mode: str, input_path: Path, scanned: tuple[int, str], shard_size: int
+    embedder,
+    model: str,
+    mode: str,
+    input_path: Path,
+    scanned: tuple[int, str],
+    shard_size: int,
+    dimensions: int | None = None,
 ) -> dict:
-    """What makes the output what it is (`scanned` = `scan_input`'s answer): a resume must match every field."""
+    """What makes the output what it is (`scanned` = `scan_input`'s answer): a resume must match every field.
+    `dim` is the vectors' width: a Matryoshka width (`dimensions`, checked here) or the model's full one."""
     items, digest = scanned
     manifest = {
         "format": FORMAT,
         "model": str(model),
         "fingerprint": embedder.fingerprint(),
         "mode": mode,
-        "dim": int(embedder.backbone.input_embeddings().weight.shape[1]),
+        "dim": embedder.check_dimensions(dimensions) or embedder.width,
         "dtype": str(embedder.dtype).removeprefix("torch."),
         "input_sha256": digest,
         "input_path": str(Path(input_path).resolve()),  # where it was read: not compared on resume

@@ -43,6 +43,9 @@ class EvalRunSection:
         "", "How candidates are embedded (empty: disc for disc, else nothink where it exists)."
     )
     batch_size: int = setting(16, "Items per model batch.")
+    dimensions: int = setting(
+        0, "Matryoshka: score the first N entries of every vector, renormalised (0: the full width)."
+    )
     max_new_tokens: int = setting(0, "Generating modes: cap on new tokens (0: the model's own).")
     analysis: list = setting([], "Extra runs: oracle (best of disc and gen per query), pass@k.")
     samples: int = setting(4, "k for pass@k.")

@@ -103,7 +103,7 @@ def load(st: Suite, name: str) -> Task:
 def run_specs(
     main: EvalSettings, analyses: list[str], samples: int, temperature: float
 ) -> dict[str, EvalSettings]:
-    runs = {f"{main.qry_mode}-{main.tgt_mode}": main}
+    runs = {f"{main.qry_mode}-{main.tgt_mode}" + (f"-d{main.dimensions}" if main.dimensions else ""): main}
     if "oracle" in analyses:
         for m in ("disc", "gen"):
             runs.setdefault(f"{m}-{m}", replace(main, qry_mode=m, tgt_mode=m))
@@ -151,6 +151,8 @@ def evaluate(
     runs = run_specs(settings, list(analyses), samples, temperature)
     for s in runs.values():
         check_modes(embedder, s)
+    if settings.dimensions:  # before any embedding: a width the model was trained at
+        embedder.check_dimensions(settings.dimensions)
     fingerprint = embedder.fingerprint()
     cache_root = cache_root or embeddings_dir()
     loaded, errors, missing = {}, {}, []

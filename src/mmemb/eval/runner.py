@@ -21,7 +21,7 @@ import numpy as np
 from ..cache import CachedEncoder, Generation
 from ..data.tasks import Task
 from ..distributed import ONE, Ranks
-from ..embedder import Embedder
+from ..embedder import Embedder, truncate
 from ..types import MODES, InputError, mode_space
 from .metrics import aggregate, query_metrics
 
@@ -39,6 +39,7 @@ class EvalSettings:
     sample: int = 0  # pass@k: index of this sample (seeds the sampling)
     allow_any_mode_pair: bool = False
     progress: bool = True
+    dimensions: int | None = None  # Matryoshka width to score at (None: full); the cache keeps full vectors
 
     @property
     def gen(self) -> Generation:
@@ -107,6 +108,10 @@ def evaluate_task(
     n_now = enc.embedded_now
     q = {k: qcache.vectors[k] for k in task.queries}
     c = {k: tcache.vectors[k] for k in cand}
+    d = embedder.check_dimensions(s.dimensions) if s.dimensions else None
+    if d is not None:  # Matryoshka: the prefix of the cached full-width vectors, renormalised
+        q = dict(zip(q, truncate(np.stack(list(q.values())), d), strict=True))
+        c = dict(zip(c, truncate(np.stack(list(c.values())), d), strict=True))
     per_query, rows = [], []
     metric = task.info.metric
     for row, (ranked, gold_rank) in enumerate(rank_task(task, q, c)):

@@ -46,6 +46,7 @@ from prometheus_client import (
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from ..embedder import truncate
 from ..types import MODES, REASONING_MODES, InputError
 from .batcher import Batcher, Cancelled, Job, QueueFull
 from .inputs import Limits, RequestError, parse_request
@@ -180,8 +181,9 @@ async def answer_or_cancel(request: Request, job: Job, poll_s: float):
 def embeddings_body(req, emb, model_name: str, prompt_tokens: int, metrics: Metrics) -> dict:
     """The OpenAI embeddings response for a parsed request and its Embeddings (counted into `metrics`)."""
     data, total_gen = [], 0
+    vectors = emb.vectors if req.dimensions is None else truncate(emb.vectors, req.dimensions)  # (N, d)
     for i in range(len(req.samples)):
-        vec = emb.vectors[i]
+        vec = vectors[i]
         reasoned = bool(emb.reasoned[i])
         tokens = int(emb.gen_tokens[i])
         total_gen += tokens
@@ -260,7 +262,7 @@ def create_app(embedder, settings: ServeSettings):
                 prefix="mmemb-serve-request-", dir=media.get("root"), ignore_cleanup_errors=True
             ) as tmp:  # a parse cut short at shutdown may still be writing into it
                 req = await run_in_threadpool(
-                    parse_request, body, settings.mode, settings.limits, Path(tmp), dim
+                    parse_request, body, settings.mode, settings.limits, Path(tmp), embedder.check_dimensions
                 )
                 if len(req.samples) > settings.max_queue:  # would wait for a queue that can never hold it
                     raise RequestError(413, f"{len(req.samples)} inputs in one request; this server queues at "

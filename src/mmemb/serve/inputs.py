@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,9 +60,17 @@ class Request:
     encoding_format: str
     return_text: bool
     max_new_tokens: int | None
+    dimensions: int | None = None  # a Matryoshka width to truncate to (None: the full width)
 
 
-def parse_request(body: object, default_mode: str, limits: Limits, media_dir: Path, dim: int) -> Request:
+def parse_request(
+    body: object,
+    default_mode: str,
+    limits: Limits,
+    media_dir: Path,
+    dimensions: Callable[[int | None], int | None],
+) -> Request:
+    """`dimensions`: the model's check of a requested width (`Embedder.check_dimensions`)."""
     if not isinstance(body, dict):
         raise RequestError(400, f"the body must be a JSON object, got {type(body).__name__}")
     unknown = sorted(set(body) - BODY_FIELDS)
@@ -73,8 +82,13 @@ def parse_request(body: object, default_mode: str, limits: Limits, media_dir: Pa
     fmt = body.get("encoding_format", "float")
     if fmt not in ("float", "base64"):
         raise RequestError(400, f"encoding_format {fmt!r}: use 'float' or 'base64'")
-    if body.get("dimensions") not in (None, dim):
-        raise RequestError(400, f"dimensions={body['dimensions']!r}: this model gives {dim}-d vectors only")
+    width = body.get("dimensions")
+    if width is not None and (not isinstance(width, int) or isinstance(width, bool)):
+        raise RequestError(400, f"dimensions={width!r}: give an integer width")
+    try:
+        width = dimensions(width)
+    except InputError as e:
+        raise RequestError(400, str(e)) from None
     cap = body.get("max_new_tokens")
     if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
         raise RequestError(400, "max_new_tokens must be a positive integer")
@@ -92,7 +106,7 @@ def parse_request(body: object, default_mode: str, limits: Limits, media_dir: Pa
     return_text = body.get("return_text", False)
     if not isinstance(return_text, bool):
         raise RequestError(400, f"return_text must be true or false (JSON booleans), got {return_text!r}")
-    return Request(samples, mode, fmt, return_text, cap)
+    return Request(samples, mode, fmt, return_text, cap, width)
 
 
 def parse_item(x: object, i: int, limits: Limits, media_dir: Path) -> Sample:

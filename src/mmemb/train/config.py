@@ -68,6 +68,12 @@ class LossSection:
         0.0, "Weight of an InfoNCE between gen queries and disc targets (shared space)."
     )
     symmetric: bool = setting(True, "InfoNCE in both directions (query->target and target->query).")
+    matryoshka_dims: list = setting(
+        [],
+        "Matryoshka: widths below the full one (e.g. [64, 128, 256]) whose prefixes, renormalised, are trained "
+        "too: every InfoNCE term becomes its mean over the full width and these. Saved in the model's config; "
+        "`dimensions` then accepts them.",
+    )
 
 
 @dataclass

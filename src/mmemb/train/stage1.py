@@ -159,15 +159,21 @@ def batch_backward(
             }  # (b, H, D)
         return embs, L.lm * lm_sum * world / total  # fmt: skip
 
+    widths = [None, *L.matryoshka_dims]  # None: the full width; then each Matryoshka prefix
+
+    def prefix(x: torch.Tensor | None, d: int | None) -> torch.Tensor | None:
+        return x if x is None or d is None else F.normalize(x[..., :d], dim=-1)  # (..., d), unit length
+
     def loss_fn(r: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
         for name, q, t, hard, w in (("disc", r["q_disc"], r["t_disc"], r.get("n_disc"), L.disc),
                                     ("gen", r["q_gen"], r["t_gen"], r.get("n_gen"), L.gen),
                                     ("cross", r["q_gen"], r["t_disc"], r.get("n_disc"), L.cross_mode)):  # fmt: skip
             if w > 0:
-                res = info_nce(q, t, hard, L.temperature, L.symmetric, target_ids=target_ids)
-                out[f"{name}_loss"] = w * res["loss"]
-                out[f"{name}_accuracy"] = res["accuracy"]
+                res = [info_nce(prefix(q, d), prefix(t, d), prefix(hard, d), L.temperature, L.symmetric,
+                                target_ids=target_ids) for d in widths]  # fmt: skip
+                out[f"{name}_loss"] = w * sum(x["loss"] for x in res) / len(res)
+                out[f"{name}_accuracy"] = res[0]["accuracy"]  # at the full width
         return out
 
     size = cfg.batch.chunk or len(batch)
@@ -207,6 +213,13 @@ def build_embedder(cfg: TrainConfig, cast_frozen: bool = False) -> Embedder:
     FSDP2 and ZeRO keep one dtype per flat group and apply their own precision, so only ddp casts; and only
     backbones that never save their frozen tensors (nano), so a saved model holds them as they were loaded."""
     embedder = Embedder.from_pretrained(cfg.model.init, train=True, **load_args(cfg.model))
+    dims, width = list(cfg.loss.matryoshka_dims), embedder.width
+    if dims != sorted(set(dims)) or not all(isinstance(d, int) and 0 < d < width for d in dims):
+        raise InputError(
+            f"loss.matryoshka_dims={dims}: give increasing widths between 1 and {width - 1} (the full width "
+            f"{width} is always trained), e.g. [64, 128, 256]"
+        )
+    embedder.config.matryoshka_dims = dims  # the output model's config: `dimensions` accepts them
     if cfg.loss.cross_mode > 0 and ["gen", "disc"] not in embedder.config.valid_mode_pairs:
         embedder.config.valid_mode_pairs.append(["gen", "disc"])  # the output model's config: spaces shared
     embedder.backbone.configure_trainable()
