@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmemb import Embedder, InputError
+from mmemb import Embedder, InputError, Sample
 
-from .conftest import needs, needs_debian_data
+from .conftest import assert_same_vectors, needs, needs_debian_data
 
 try:
     import mteb
@@ -101,6 +101,25 @@ def test_rows_become_samples_and_what_mmemb_cannot_embed_is_refused(nano, tmp_pa
     meta = encoder.mteb_model_meta
     assert meta.embed_dim == 576 and meta.n_parameters == sum(p.numel() for p in nano.backbone.parameters())
     assert meta.similarity_fn_name.value == "cosine" and meta.use_instructions
+    with pytest.raises(InputError, match="not trained with Matryoshka"):  # mteb's embed_dim: a trained width
+        MMEmbEncoder(nano, embed_dim=64, cache_root=tmp_path)
+
+
+def test_a_matryoshka_model_gives_mteb_its_widths(nano, monkeypatch, tmp_path):
+    from mmemb.embedder import truncate
+    from mmemb.mteb_encoder import MMEmbEncoder
+
+    monkeypatch.setattr(nano.config, "matryoshka_dims", [64, 128])
+    encoder = MMEmbEncoder(nano, query_mode="disc", embed_dim=64, cache_root=tmp_path)
+    assert encoder.mteb_model_meta.embed_dim == [64, 128, 576]
+    task = type("Meta", (), {"name": "T", "prompt": {"query": "Find it."}})()
+    batches = [{"text": ["a red circle", "two cats"]}, {"text": ["a page"]}]
+    got = encoder.encode(batches, task_metadata=task, hf_split="test", hf_subset="default")
+    full = nano.encode(
+        [Sample(text=t, instruction="Find it.") for t in ["a red circle", "two cats", "a page"]]
+    )
+    assert got.shape == (3, 64)
+    assert_same_vectors(got, truncate(full.vectors, 64), str(nano.dtype))
 
 
 def test_a_model_meta_loads_its_encoder_again(tmp_path):

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .cache import CachedEncoder
-from .embedder import Embedder
+from .embedder import Embedder, truncate
 from .eval.evaluate import default_target_mode
 from .eval.runner import EvalSettings, check_modes
 from .paths import embeddings_dir
@@ -69,6 +69,7 @@ class MMEmbEncoder(AbsEncoder):
         corpus_mode: str | None = None,
         batch_size: int = EvalSettings.batch_size,
         cache_root: Path | None = None,
+        embed_dim: int | None = None,
         **load: Any,
     ) -> None:
         source = None
@@ -81,6 +82,7 @@ class MMEmbEncoder(AbsEncoder):
             local = "/" not in source or Path(source).exists()
             name = f"mmemb/{Path(source).name}" if local else source
         self.query_mode, self.corpus_mode = default_modes(self.model, query_mode, corpus_mode)
+        self.dimensions = self.model.check_dimensions(embed_dim)  # Matryoshka width (mteb's embed_dim)
         self.settings = EvalSettings(batch_size=batch_size)
         self.cache = CachedEncoder(
             self.model, cache_root or embeddings_dir(), batch_size, self.settings.shard_size, False,
@@ -126,7 +128,7 @@ class MMEmbEncoder(AbsEncoder):
                     raise InputError(
                         f"mteb task {task_metadata.name} ({hf_subset}/{hf_split}): {e}"
                     ) from None
-                out.append(vectors.astype(np.float32))
+                out.append(vectors if self.dimensions is None else truncate(vectors, self.dimensions))
                 rows.clear()
                 for path in Path(tmp).iterdir():
                     path.unlink()
@@ -142,7 +144,11 @@ class MMEmbEncoder(AbsEncoder):
                     flush()
             if rows:
                 flush()
-        return np.concatenate(out) if out else np.zeros((0, self.mteb_model_meta.embed_dim), np.float32)
+        return (
+            np.concatenate(out).astype(np.float32)
+            if out
+            else np.zeros((0, self.dimensions or self.model.width), np.float32)
+        )
 
 
 def batch_rows(batch: dict) -> int:
@@ -221,7 +227,9 @@ def model_meta(
         n_parameters=params,
         memory_usage_mb=None,
         max_tokens=None,
-        embed_dim=int(backbone.input_embeddings().weight.shape[1]),
+        embed_dim=[*embedder.config.matryoshka_dims, embedder.width]
+        if embedder.config.matryoshka_dims
+        else embedder.width,
         license=None,
         open_weights=True,
         public_training_code=None,
