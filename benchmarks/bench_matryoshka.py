@@ -6,7 +6,7 @@ trained without.
 1. nano-r1 (the shipped model) is trained on for --steps more stage-1 steps on mmeb-mini's train split
    (variant none: no rationales; batch 32; everything else configs/nano.yaml's), twice from the same seed
    and the same batches: once as it was trained (loss.matryoshka_dims empty), once with
-   loss.matryoshka_dims = --dims. Checkpointed under runs/bench-matryoshka/: a rerun resumes.
+   loss.matryoshka_dims = --dims. Checkpointed under runs/bench-matryoshka/NAME-STEPS/: a rerun resumes.
 2. Both are evaluated disc->disc on mmeb-mini's test split (all nine tasks, --limit queries each; 0: all) at
    every width in --dims and at the full 576, from one embedding pass each (the cache keeps full vectors).
    The model trained without is scored at its prefixes too, which mmemb itself refuses to serve: the bench
@@ -38,9 +38,9 @@ def train(name: str, dims: list[int], steps: int) -> Path:
         "model.init=nano-r1", "data.source=mmeb-mini", "data.limit_per_task=0", "data.variant=none",
         f"loss.matryoshka_dims=[{','.join(map(str, dims))}]", "batch.size=32", "batch.chunk=8",
         f"run.max_steps={steps}", "run.save_every=20", "run.log_every=10", "run.tensorboard=false",
-        f"run.output={RUNS / name}", "optim.lr=5e-5",
+        f"run.output={RUNS / f'{name}-{steps}'}", "optim.lr=5e-5",
     ]  # fmt: skip
-    final = RUNS / name / "final"
+    final = RUNS / f"{name}-{steps}" / "final"
     if (final / "embedder_config.json").exists():
         return final
     return train_stage1(load_train_config(None, overrides))
