@@ -75,7 +75,10 @@ def scan_input(path: Path) -> tuple[int, str]:
 def check_folder(out: Path) -> None:
     """A folder --out must be new, empty, or a shard folder (one with a manifest): refuse anything else.
     Rank 0's manifest being staged (io.atomic_json's .manifest.json.*.tmp) or just written counts as empty."""
-    ours = lambda name: name == MANIFEST or name.startswith(f".{MANIFEST}.")  # noqa: E731
+
+    def ours(name: str) -> bool:
+        return name == MANIFEST or name.startswith(f".{MANIFEST}.")
+
     if (
         out.exists()
         and not (out / MANIFEST).exists()

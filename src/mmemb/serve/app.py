@@ -222,7 +222,7 @@ def create_app(embedder, settings: ServeSettings):
     )  # fmt: skip
     for name, lane in batcher.lanes.items():
         m.queue.labels(name).set_function(lambda lane=lane: lane.queued)
-    dim = embedder.backbone.input_embeddings().weight.shape[1]
+    dim = embedder.width
 
     media: dict[str, Path] = {}  # "root": the folder of every request's media while the server runs
 
